@@ -1,0 +1,64 @@
+//! The command-line surface of `dmm`: raw flags as the user typed them (clap derive). Resolving
+//! them into paths, datasets and configs happens in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// DMM-CNN facial attribute classification: datasets, training, evaluation and prediction.
+#[derive(Debug, Parser)]
+#[command(name = "dmm", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect a dataset on disk.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Per split: images listed by the label files and images present on disk; per attribute:
+    /// the positive rate over all listed images.
+    Stats(StatsArgs),
+}
+
+/// Which dataset layout a root holds.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DatasetArg {
+    /// CelebA: list_attr_celeba.txt, list_eval_partition.txt, img_align_celeba/.
+    Celeba,
+    /// LFWA: lfwa_40attr_with_split.txt (or name.txt + label.txt + indices_train_test.mat), lfw/.
+    Lfwa,
+}
+
+impl From<DatasetArg> for dmm_data::DatasetKind {
+    fn from(d: DatasetArg) -> Self {
+        match d {
+            DatasetArg::Celeba => dmm_data::DatasetKind::CelebA,
+            DatasetArg::Lfwa => dmm_data::DatasetKind::Lfwa,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Dataset layout of ROOT.
+    #[arg(long, value_enum)]
+    pub dataset: DatasetArg,
+    /// Dataset root folder (e.g. data/celeba for the bundled sample).
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Fail on the first listed image that is missing from disk.
+    #[arg(long)]
+    pub strict: bool,
+}

@@ -1,0 +1,3 @@
+//! One module per `dmm` subcommand, each with plain functions taking the parsed flags.
+
+pub mod dataset;

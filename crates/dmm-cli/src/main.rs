@@ -1,0 +1,31 @@
+//! The `dmm` binary. `main` only parses flags, calls [`run`] and turns its error into one line on
+//! stderr and a non-zero exit code; each subcommand lives in `commands/`.
+//!
+//! End-to-end tests of the binary are in `tests/cli.rs`.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
+    match args.command {
+        cli::Command::Dataset { command } => match command {
+            cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
+        },
+    }
+}

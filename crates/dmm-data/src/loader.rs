@@ -1,0 +1,265 @@
+//! The batch loader: a fixed list of samples, iterated by epoch in a seeded order, decoded in
+//! parallel with rayon on a producer thread that stays up to `prefetch` batches ahead, so training
+//! never waits on disk.
+//!
+//! Determinism: the order of epoch `e` and the flip of each sample depend only on `(seed, e,
+//! sample)`, never on thread timing, so a run resumed at batch `k` of epoch `e`
+//! ([`Loader::epoch_from`]) sees exactly the batches an uninterrupted run would.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+
+use crate::attrs::N_ATTRS;
+use crate::pipeline::{decode, Transform};
+use crate::rng::{mix, SplitMix64};
+use crate::{Dataset, Error, Result, Split};
+
+/// How batches are formed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoaderConfig {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Shuffle the order every epoch (training); otherwise list order (evaluation).
+    pub shuffle: bool,
+    /// Flip each image horizontally with probability ½ (training augmentation).
+    pub random_flip: bool,
+    /// Drop the last batch when it is smaller than `batch_size`; otherwise yield it.
+    pub drop_last: bool,
+    /// Seed of the shuffle and flip decisions.
+    pub seed: u64,
+    /// How many finished batches may wait in the queue.
+    pub prefetch: usize,
+    /// Resize and normalization.
+    pub transform: Transform,
+}
+
+impl LoaderConfig {
+    /// Training defaults: shuffled, random flips, last partial batch kept, 4 batches of prefetch.
+    pub fn train(batch_size: usize, seed: u64) -> Self {
+        Self { batch_size, shuffle: true, random_flip: true, drop_last: false, seed, prefetch: 4, transform: Transform::default() }
+    }
+
+    /// Evaluation defaults: list order, no augmentation, every sample exactly once.
+    pub fn eval(batch_size: usize) -> Self {
+        Self { shuffle: false, random_flip: false, ..Self::train(batch_size, 0) }
+    }
+}
+
+/// One batch, as flat row-major buffers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `[b, 3, h, w]` normalized pixels.
+    pub images: Vec<f32>,
+    /// `[b, 3, h, w]`.
+    pub shape: [usize; 4],
+    /// `[b, 40]` targets, ±1, CelebA order.
+    pub labels: Vec<f32>,
+    /// `[b, 2T]` landmark targets normalized to [0, 1] (`x / w`, `y / h`); zeros where absent.
+    /// Empty when the dataset has no landmarks.
+    pub landmarks: Vec<f32>,
+    /// `[b]`: 1 where the image has landmarks, 0 where it has none (mask for the landmark loss).
+    pub landmark_mask: Vec<f32>,
+    /// Points per face, T (0 without landmarks).
+    pub n_points: usize,
+    /// Position of each image in the loader's sample list ([`Loader::name`]).
+    pub indices: Vec<usize>,
+}
+
+impl Batch {
+    /// Images in the batch.
+    pub fn len(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// True for a batch without images (never produced by the loader).
+    pub fn is_empty(&self) -> bool {
+        self.shape[0] == 0
+    }
+}
+
+struct Item {
+    name: String,
+    path: PathBuf,
+    labels: [i8; N_ATTRS],
+    landmarks: Option<Vec<f32>>,
+}
+
+/// Batches over one split of a dataset.
+pub struct Loader {
+    items: Arc<Vec<Item>>,
+    config: LoaderConfig,
+    n_points: usize,
+}
+
+impl Loader {
+    /// A loader over the samples of `split` (in list order before shuffling). Call
+    /// [`Dataset::retain_present`] first if the image folder may be partial.
+    pub fn new(dataset: &Dataset, split: Split, config: LoaderConfig) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(Error::Config("batch size must be at least 1".into()));
+        }
+        let items: Vec<Item> = dataset
+            .split(split)
+            .map(|s| Item {
+                name: s.name.clone(),
+                path: dataset.image_path(s),
+                labels: s.labels,
+                landmarks: s.landmarks.clone(),
+            })
+            .collect();
+        if items.is_empty() {
+            return Err(Error::Config(format!("{} has no {split} images", dataset.root.display())));
+        }
+        let n_points = if items.iter().any(|i| i.landmarks.is_some()) { dataset.n_points.unwrap_or(0) } else { 0 };
+        if config.random_flip && n_points > 0 && crate::pipeline::flip_permutation(n_points).is_none() {
+            return Err(Error::Config(format!(
+                "random flips need a mirror map for {n_points} landmarks (68 and 5 are known); turn flips off"
+            )));
+        }
+        Ok(Self { items: Arc::new(items), config, n_points })
+    }
+
+    /// Samples in the loader.
+    pub fn n_samples(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Batches per epoch.
+    pub fn n_batches(&self) -> usize {
+        let (n, b) = (self.items.len(), self.config.batch_size);
+        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+    }
+
+    /// Image name (relative path) of sample `index` (see [`Batch::indices`]).
+    pub fn name(&self, index: usize) -> &str {
+        &self.items[index].name
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// The sample order of epoch `epoch` (0-based).
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        if self.config.shuffle {
+            SplitMix64::new(self.config.seed ^ mix(epoch.wrapping_add(1))).shuffle(&mut order);
+        }
+        order
+    }
+
+    /// Whether sample `index` is flipped in epoch `epoch`.
+    pub fn flipped(&self, epoch: u64, index: usize) -> bool {
+        self.config.random_flip && mix(self.config.seed ^ mix(epoch.wrapping_add(1)) ^ mix(index as u64 + 0x5EED)) & 1 == 1
+    }
+
+    /// Iterates the batches of epoch `epoch`.
+    pub fn epoch(&self, epoch: u64) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// Iterates the batches of epoch `epoch` starting at batch `first_batch` (for resuming); the
+    /// skipped batches are not decoded.
+    pub fn epoch_from(&self, epoch: u64, first_batch: usize) -> EpochIter {
+        let order = self.order(epoch);
+        let b = self.config.batch_size;
+        let batches: Vec<Vec<usize>> = order.chunks(b).take(self.n_batches()).skip(first_batch).map(<[usize]>::to_vec).collect();
+        let flips: Vec<Vec<bool>> = batches.iter().map(|ix| ix.iter().map(|&i| self.flipped(epoch, i)).collect()).collect();
+        let (tx, rx) = sync_channel(self.config.prefetch.max(1));
+        let items = Arc::clone(&self.items);
+        let transform = self.config.transform;
+        let n_points = self.n_points;
+        let producer = std::thread::Builder::new()
+            .name("dmm-loader".into())
+            .spawn(move || {
+                for (indices, flips) in batches.into_iter().zip(flips) {
+                    let batch = assemble(&items, indices, &flips, &transform, n_points);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        EpochIter { rx: Some(rx), producer: Some(producer) }
+    }
+}
+
+/// Decodes and stacks one batch (images in parallel).
+fn assemble(items: &[Item], indices: Vec<usize>, flips: &[bool], transform: &Transform, n_points: usize) -> Result<Batch> {
+    let prepared = indices
+        .par_iter()
+        .zip(flips)
+        .map(|(&i, &flip)| {
+            let item = &items[i];
+            let img = decode(&item.path)?;
+            transform.apply(&img, item.landmarks.as_deref(), flip)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (h, w) = (prepared[0].height, prepared[0].width);
+    let b = indices.len();
+    let mut batch = Batch {
+        images: Vec::with_capacity(b * 3 * h * w),
+        shape: [b, 3, h, w],
+        labels: Vec::with_capacity(b * N_ATTRS),
+        landmarks: Vec::with_capacity(b * 2 * n_points),
+        landmark_mask: Vec::with_capacity(b),
+        n_points,
+        indices,
+    };
+    for (p, &i) in prepared.into_iter().zip(&batch.indices) {
+        let item = &items[i];
+        if (p.height, p.width) != (h, w) {
+            return Err(Error::Config(format!(
+                "{}: image is {}×{} but the batch is {h}×{w}; set a resize size to mix image sizes",
+                item.path.display(), p.height, p.width
+            )));
+        }
+        batch.images.extend_from_slice(&p.chw);
+        batch.labels.extend(item.labels.iter().map(|&l| l as f32));
+        if n_points > 0 {
+            match p.landmarks {
+                Some(points) => {
+                    batch.landmarks.extend(points.chunks_exact(2).flat_map(|q| [q[0] / w as f32, q[1] / h as f32]));
+                    batch.landmark_mask.push(1.0);
+                }
+                None => {
+                    batch.landmarks.resize(batch.landmarks.len() + 2 * n_points, 0.0);
+                    batch.landmark_mask.push(0.0);
+                }
+            }
+        } else {
+            batch.landmark_mask.push(0.0);
+        }
+    }
+    Ok(batch)
+}
+
+/// The batches of one epoch. Dropping it stops the producer after at most one batch.
+pub struct EpochIter {
+    rx: Option<Receiver<Result<Batch>>>,
+    producer: Option<JoinHandle<()>>,
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        // Close the channel first so a blocked producer wakes up, then wait for it.
+        drop(self.rx.take());
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
+    }
+}
