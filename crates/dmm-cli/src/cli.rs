@@ -27,6 +27,10 @@ pub enum DatasetCommand {
     /// Per split: images listed by the label files and images present on disk; per attribute:
     /// the positive rate over all listed images.
     Stats(StatsArgs),
+    /// Decode every listed image that is present and report each one that cannot be read (name
+    /// and reason, one line each); exits non-zero if any image is unreadable. Use it after a
+    /// download to find truncated or corrupt files.
+    Check(CheckArgs),
 }
 
 /// Which dataset layout a root holds.
@@ -59,6 +63,19 @@ pub struct StatsArgs {
     #[arg(long)]
     pub json: bool,
     /// Fail on the first listed image that is missing from disk.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Dataset layout of ROOT.
+    #[arg(long, value_enum)]
+    pub dataset: DatasetArg,
+    /// Dataset root folder.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Also fail when a listed image is missing from disk.
     #[arg(long)]
     pub strict: bool,
 }

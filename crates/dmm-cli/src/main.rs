@@ -26,6 +26,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Dataset { command } => match command {
             cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
+            cli::DatasetCommand::Check(a) => commands::dataset::check(a),
         },
     }
 }

@@ -1,4 +1,5 @@
 //! `dmm dataset stats`: listed vs present images per split and attribute positive rates.
+//! `dmm dataset check`: decode every present image and report the unreadable ones.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -7,12 +8,19 @@ use anyhow::Context;
 use dmm_data::{Dataset, CELEBA_ATTRIBUTES};
 use serde_json::json;
 
-use crate::cli::StatsArgs;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::cli::{CheckArgs, DatasetArg, StatsArgs};
+
+fn open(dataset: DatasetArg, root: &std::path::Path) -> anyhow::Result<Dataset> {
+    let kind: dmm_data::DatasetKind = dataset.into();
+    Dataset::open(kind, root).with_context(|| format!("reading the {} dataset in {}", kind.as_str(), root.display()))
+}
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
-    let kind: dmm_data::DatasetKind = args.dataset.into();
-    let ds = Dataset::open(kind, &args.root)
-        .with_context(|| format!("reading the {} dataset in {}", kind.as_str(), args.root.display()))?;
+    let ds = open(args.dataset, &args.root)?;
+    let kind = ds.kind;
     let presence = if args.strict { ds.clone().retain_present(true)? } else { ds.presence() };
     let rates = ds.positive_rates();
 
@@ -50,4 +58,36 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
 
 fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut ds = open(args.dataset, &args.root)?;
+    let presence = ds.retain_present(args.strict)?;
+    let bar = ProgressBar::new(ds.samples.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
+            .expect("a valid progress template"),
+    );
+    let mut failures: Vec<(usize, String)> = ds
+        .samples
+        .par_iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let result = dmm_data::pipeline::decode(&ds.image_path(s));
+            bar.inc(1);
+            result.err().map(|e| (i, e.to_string()))
+        })
+        .collect();
+    bar.finish_and_clear();
+    failures.sort();
+    for (_, msg) in &failures {
+        eprintln!("error: {msg}");
+    }
+    let text = format!(
+        "{} images decoded, {} unreadable, {} listed but missing\n",
+        ds.samples.len() - failures.len(),
+        failures.len(),
+        presence.missing.len()
+    );
+    let code = crate::output::print(&text)?;
+    Ok(if failures.is_empty() { code } else { ExitCode::FAILURE })
 }

@@ -1,0 +1,138 @@
+//! End-to-end tests of the `dmm` binary: real output on the bundled sample, and one readable
+//! error line (file and line number) with a non-zero exit for every kind of malformed input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn dmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dmm")).args(args).output().unwrap()
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect()
+}
+
+/// Runs `dmm` expecting failure with exactly one stderr line, and returns it.
+fn one_error(args: &[&str]) -> String {
+    let out = dmm(args);
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "one line per problem: {lines:?}");
+    assert!(!lines[0].contains("panicked"), "{}", lines[0]);
+    lines[0].clone()
+}
+
+#[test]
+fn stats_json_on_the_bundled_sample() {
+    let root = repo().join("data/celeba");
+    let out = dmm(&["dataset", "stats", "--dataset", "celeba", "--root", root.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dataset"], "celeba");
+    assert_eq!(v["splits"]["train"]["listed"], 280);
+    assert_eq!(v["splits"]["val"]["present"], 60);
+    assert_eq!(v["splits"]["test"]["present"], 60);
+    let attrs = v["attributes"].as_array().unwrap();
+    assert_eq!(attrs.len(), 40);
+    assert_eq!(attrs[20]["name"], "Male");
+    // An independent count of Male (column 21) straight from the label file.
+    let text = std::fs::read_to_string(root.join("list_attr_celeba.txt")).unwrap();
+    let rows: Vec<&str> = text.lines().skip(2).collect();
+    let male = rows.iter().filter(|r| r.split_whitespace().nth(21) == Some("1")).count();
+    let rate = attrs[20]["positive_rate"].as_f64().unwrap();
+    assert!((rate - male as f64 / rows.len() as f64).abs() < 1e-4, "{rate} vs {male}/{}", rows.len());
+}
+
+#[test]
+fn stats_table_for_lfwa() {
+    let root = repo().join("data/lfwa");
+    let out = dmm(&["dataset", "stats", "--dataset", "lfwa", "--root", root.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let train = text.lines().find(|l| l.starts_with("train")).unwrap();
+    assert_eq!(train.split_whitespace().collect::<Vec<_>>(), ["train", "60", "60"]);
+    assert!(!text.lines().any(|l| l.starts_with("val")), "LFWA has no validation split");
+}
+
+/// Writes a CelebA root whose attribute file is `attr` and whose other files list the same names.
+fn celeba_root(dir: &Path, attr: &str) -> String {
+    std::fs::write(dir.join("list_attr_celeba.txt"), attr).unwrap();
+    let names: Vec<&str> = attr.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    let partition: String = names.iter().map(|n| format!("{n} 0\n")).collect();
+    std::fs::write(dir.join("list_eval_partition.txt"), partition).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+fn header() -> String {
+    dmm_data::CELEBA_ATTRIBUTES.join(" ")
+}
+
+fn row(name: &str, first: &str) -> String {
+    format!("{name} {first}{}", " -1".repeat(39))
+}
+
+fn bad_attr(attr: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let root = celeba_root(dir.path(), attr);
+    let line = one_error(&["dataset", "stats", "--dataset", "celeba", "--root", &root]);
+    line.rsplit_once("list_attr_celeba.txt").map(|(_, tail)| tail.to_string()).unwrap_or(line)
+}
+
+#[test]
+fn malformed_attribute_files_name_file_and_line() {
+    let h = header();
+    assert_eq!(bad_attr(&format!("1\n{h}\n000001.jpg 1 -1\n")), ":3: `000001.jpg`: expected 40 values, found 2");
+    assert_eq!(bad_attr(&format!("1\n{h}\n{}\n", row("000001.jpg", "2"))), ":3: `000001.jpg`: value `2` for 5_o_Clock_Shadow is not -1 or 1");
+    assert_eq!(
+        bad_attr(&format!("2\r\n{h}\r\n{}\r\n{}\r\n", row("000001.jpg", "1"), row("000001.jpg", "1"))),
+        ":4: duplicate image `000001.jpg` (first on line 3)"
+    );
+    assert_eq!(bad_attr(&format!("1\n{}\n{}\n", h.replace("Smiling", "Smile"), row("a.jpg", "1"))), ":2: unknown attribute `Smile` in header");
+    assert_eq!(bad_attr(&format!("1\nimage_id,{}\n{}\n", h.replace(' ', ","), row("a.jpg", "1"))), ":2: header has 1 attribute names, expected 40");
+    assert_eq!(bad_attr(&format!("{h}\n{}\n", row("a.jpg", "1"))), ":1: expected the image count, found `5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young`");
+}
+
+#[test]
+fn missing_root_is_one_line() {
+    let line = one_error(&["dataset", "stats", "--dataset", "celeba", "--root", "/no/such/dir"]);
+    assert!(line.starts_with("error: reading the celeba dataset in /no/such/dir: /no/such/dir/list_attr_celeba.txt:"), "{line}");
+}
+
+#[test]
+fn check_reports_truncated_and_fake_jpegs_and_strict_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = header();
+    let names = ["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"];
+    let rows: Vec<String> = names.iter().map(|n| row(n, "1")).collect();
+    let root = celeba_root(dir.path(), &format!("4\n{h}\n{}\n", rows.join("\n")));
+    let images = dir.path().join("img_align_celeba");
+    std::fs::create_dir(&images).unwrap();
+    let real = std::fs::read(repo().join("data/celeba/img_align_celeba").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    std::fs::write(images.join(names[0]), &real).unwrap();
+    std::fs::write(images.join(names[1]), &real[..real.len() - 300]).unwrap();
+    std::fs::write(images.join(names[2]), "this is a text file").unwrap();
+    // names[3] is missing.
+
+    let out = dmm(&["dataset", "check", "--dataset", "celeba", "--root", &root]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("000002.jpg: cannot decode image: ") && lines[0].contains("truncated"), "{}", lines[0]);
+    assert!(lines[1].contains("000003.jpg: cannot decode image: "), "{}", lines[1]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1 images decoded, 2 unreadable, 1 listed but missing\n");
+
+    let line = one_error(&["dataset", "check", "--dataset", "celeba", "--root", &root, "--strict"]);
+    assert_eq!(line, format!("error: {root}/img_align_celeba/000004.jpg: image listed in {root}/list_attr_celeba.txt is missing"));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = dmm(&["dataset", "--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("stats") && text.contains("check"), "{text}");
+}
