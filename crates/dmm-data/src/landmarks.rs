@@ -173,7 +173,7 @@ fn csv_field(name: &str) -> String {
 /// Checks `image,x0,y0,…` and returns T.
 fn parse_header(header: &csv::StringRecord) -> std::result::Result<usize, String> {
     let fields: Vec<&str> = header.iter().map(str::trim).collect();
-    if fields.first() != Some(&"image") || fields.len() < 3 || fields.len() % 2 == 0 {
+    if fields.first() != Some(&"image") || fields.len() < 3 || fields.len().is_multiple_of(2) {
         return Err(format!(
             "header must be `image,x0,y0,…,x{{T-1}},y{{T-1}}`, found `{}`",
             fields.join(",")
