@@ -15,6 +15,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the network on a tensor file (for parity checks against PyTorch): reads tensor `input`
+    /// [N, 3, H, W] f32 and writes `trunk` [N, 32·W, h, w] — plus `attributes` [N, 40] and
+    /// `landmarks` [N, 2T] when the weights are a full dmm checkpoint. Eval-mode batch norm.
+    Forward(ForwardArgs),
     /// Inspect a dataset on disk.
     Dataset {
         #[command(subcommand)]
@@ -78,4 +82,24 @@ pub struct CheckArgs {
     /// Also fail when a listed image is missing from disk.
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ForwardArgs {
+    /// Trunk weights in torchvision/timm naming (a safetensors file or hf://owner/name[@rev][/file]),
+    /// or a full dmm checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub weights: String,
+    /// Trunk width of plain trunk weights (64 = ResNet-50); read from the metadata of a checkpoint.
+    #[arg(long, value_name = "W")]
+    pub width: Option<usize>,
+    /// Safetensors file holding tensor `input`.
+    #[arg(long, value_name = "IN")]
+    pub input: PathBuf,
+    /// Where to write the outputs (safetensors; written atomically).
+    #[arg(long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Resolve hf:// weights from the local Hugging Face cache only, never the network.
+    #[arg(long)]
+    pub offline: bool,
 }

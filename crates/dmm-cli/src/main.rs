@@ -24,6 +24,7 @@ fn main() -> ExitCode {
 
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
+        cli::Command::Forward(a) => commands::forward::run(a),
         cli::Command::Dataset { command } => match command {
             cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
             cli::DatasetCommand::Check(a) => commands::dataset::check(a),

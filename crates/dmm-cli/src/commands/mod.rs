@@ -1,3 +1,4 @@
 //! One module per `dmm` subcommand, each with plain functions taking the parsed flags.
 
 pub mod dataset;
+pub mod forward;

@@ -1,0 +1,181 @@
+//! Full-model checkpoints: every variable of the network in one safetensors file, with metadata
+//! (variant, width, T, attribute order, groups, thresholds, input normalization) under the
+//! `dmm` key of the safetensors header, so prediction needs nothing else.
+//!
+//! Writing goes to a temporary file beside the target, then a rename: a crash never leaves a
+//! truncated checkpoint under the real name.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use dmm_data::{Normalization, CELEBA_ATTRIBUTES, N_ATTRS};
+
+use crate::model::{DmmModel, ModelConfig};
+use crate::{Error, Result};
+
+/// Metadata key in the safetensors header.
+pub const METADATA_KEY: &str = "dmm";
+/// Version of the metadata layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything besides the weights that prediction needs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointMeta {
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format: u32,
+    /// The network's configuration.
+    pub model: ModelConfig,
+    /// Attribute names in output order (CelebA's).
+    pub attributes: Vec<String>,
+    /// Decision thresholds τ, one per attribute: predict "yes" when `score > τ`.
+    pub thresholds: Vec<f32>,
+    /// Pixel normalization the network was trained with.
+    pub normalization: Normalization,
+    /// Resize `(height, width)` applied in training, if any (`None`: native size).
+    pub input_size: Option<(usize, usize)>,
+}
+
+impl CheckpointMeta {
+    /// Metadata for `model` with thresholds 0 and ImageNet normalization at native size.
+    pub fn new(model: ModelConfig) -> Self {
+        Self {
+            format: FORMAT_VERSION,
+            model,
+            attributes: CELEBA_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
+            thresholds: vec![0.0; N_ATTRS],
+            normalization: Normalization::IMAGENET,
+            input_size: None,
+        }
+    }
+}
+
+/// A loaded checkpoint: the network, its variables and metadata.
+pub struct Checkpoint {
+    /// The network.
+    pub model: DmmModel,
+    /// Its variables (to continue training or save again).
+    pub varmap: VarMap,
+    /// The metadata.
+    pub meta: CheckpointMeta,
+}
+
+/// Writes all variables of `varmap` and `meta` to `path` atomically.
+pub fn save(path: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut tensors: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    drop(data);
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let json = serde_json::to_string(meta).map_err(|e| Error::format(path, e.to_string()))?;
+    write_atomic(path, &tensors, Some(HashMap::from([(METADATA_KEY.to_string(), json)])))
+}
+
+/// Writes named tensors as safetensors, atomically (temporary file + rename).
+pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let contiguous = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let result = safetensors::serialize_to_file(contiguous.iter().map(|(k, t)| (*k, t)), metadata, &tmp)
+        .map_err(|e| Error::format(path, format!("cannot write safetensors: {e}")))
+        .and_then(|()| {
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads only the metadata of a checkpoint (`None` for a plain weight file without it).
+pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| Error::format(path, "too short for a safetensors file"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(Error::format(path, format!("safetensors header of {len} bytes is implausible")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|_| Error::format(path, "truncated safetensors header"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| Error::format(path, format!("safetensors header is not JSON: {e}")))?;
+    let Some(json) = header.get("__metadata__").and_then(|m| m.get(METADATA_KEY)).and_then(|v| v.as_str()) else {
+        return Ok(None);
+    };
+    let meta: CheckpointMeta =
+        serde_json::from_str(json).map_err(|e| Error::format(path, format!("invalid dmm metadata: {e}")))?;
+    if meta.format != FORMAT_VERSION {
+        return Err(Error::format(path, format!("checkpoint format {} is not supported (expected {FORMAT_VERSION})", meta.format)));
+    }
+    if meta.thresholds.len() != meta.attributes.len() {
+        return Err(Error::format(path, format!("{} thresholds for {} attributes", meta.thresholds.len(), meta.attributes.len())));
+    }
+    Ok(Some(meta))
+}
+
+/// Loads a checkpoint written by [`save`]: rebuilds the network from the metadata and sets every
+/// variable, refusing a file with missing, extra or mis-shaped tensors.
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let meta = read_meta(path)?.ok_or_else(|| Error::format(path, "not a dmm checkpoint (no `dmm` metadata); for trunk weights use --weights"))?;
+    let (model, varmap) = DmmModel::fresh(&meta.model, device)?;
+    let tensors = crate::weights::read_safetensors(path, device)?;
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut problems = Vec::new();
+    for (name, var) in data.iter() {
+        match tensors.get(name) {
+            None => problems.push(format!("missing {name}")),
+            Some(t) if t.dims() != var.dims() => problems.push(format!("{name} is {:?}, expected {:?}", t.dims(), var.dims())),
+            Some(t) => var.set(&t.to_dtype(DType::F32)?)?,
+        }
+    }
+    problems.extend(tensors.keys().filter(|k| !data.contains_key(*k)).map(|k| format!("unexpected {k}")));
+    drop(data);
+    if !problems.is_empty() {
+        problems.sort();
+        return Err(Error::Mismatch { path: path.to_path_buf(), details: problems.join(", ") });
+    }
+    Ok(Checkpoint { model, varmap, meta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Variant;
+
+    #[test]
+    fn round_trip_keeps_weights_and_metadata() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let cfg = ModelConfig { variant: Variant::DmmCnn, width: 2, n_points: 5, ..ModelConfig::paper() };
+        let (model, varmap) = DmmModel::fresh(&cfg, &Device::Cpu)?;
+        let mut meta = CheckpointMeta::new(cfg);
+        meta.thresholds[3] = 0.25;
+        save(&path, &varmap, &meta)?;
+        let back = load(&path, &Device::Cpu)?;
+        assert_eq!(back.meta, meta);
+        let xs = Tensor::randn(0f32, 1., (1, 3, 40, 36), &Device::Cpu)?;
+        let (a, b) = (model.forward_t(&xs, false)?, back.model.forward_t(&xs, false)?);
+        let diff = (a.attributes - b.attributes)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        Ok(())
+    }
+
+    #[test]
+    fn plain_weights_are_not_a_checkpoint() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        write_atomic(&path, &[("conv1.weight".into(), Tensor::zeros((2, 3, 7, 7), DType::F32, &Device::Cpu)?)], None)?;
+        assert_eq!(read_meta(&path)?, None);
+        let err = load(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("not a dmm checkpoint"), "{err}");
+        Ok(())
+    }
+}

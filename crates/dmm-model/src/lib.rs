@@ -1,0 +1,27 @@
+//! `dmm-model`: the DMM-CNN network on candle.
+//!
+//! This crate owns the trainable ResNet-50 trunk ([`trunk`]), max and adaptive max pooling with a
+//! correct backward and spatial pyramid pooling ([`pool`]), the attribute and landmark heads and
+//! the seven variants of Table 1 ([`model`], [`variant`]), and weight I/O: ImageNet trunk weights
+//! from a safetensors file or the Hugging Face Hub, and full checkpoints with the metadata that
+//! prediction needs ([`weights`], [`checkpoint`]).
+//!
+//! It depends on `dmm-data` only for the attribute list, groups and normalization; it knows
+//! nothing about losses, optimizers or training loops (`dmm-train`).
+//!
+//! PyTorch parity and finite-difference gradient checks are in `tests/`.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+mod error;
+pub mod model;
+pub mod pool;
+pub mod trunk;
+pub mod variant;
+pub mod weights;
+
+pub use checkpoint::{Checkpoint, CheckpointMeta};
+pub use error::{Error, Result};
+pub use model::{DmmModel, DmmOutput, ModelConfig};
+pub use variant::{AttributeHead, Variant};
+pub use weights::{LoadReport, WeightSource};

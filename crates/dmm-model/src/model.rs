@@ -1,0 +1,234 @@
+//! DMM-CNN (paper §3.2, Fig. 2): the trunk feeding an attribute head chosen by the [`Variant`] and,
+//! for variants with the auxiliary task, the landmark (FLD) head.
+//!
+//! - Objective branch: SPP-1 → FC 1024 → ReLU → FC 22 (§3.2.1).
+//! - Subjective branch: SPP-3 → FC 2048 → ReLU → FC 1024 → ReLU → FC 18 (§3.2.1).
+//! - FLD branch: SPP-1 → FC 1024 → ReLU → FC 2T (§3.2.3; T from the data, 68 for dlib).
+//! - Baseline: global average pool → FC 40.
+//!
+//! FC sizes scale with `width / 64` so reduced presets keep the topology. Outputs are linear;
+//! attributes come back in CelebA order whatever the grouping.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder, VarMap};
+use dmm_data::{AttributeGroups, N_ATTRS};
+
+use crate::pool::{spp, spp_bins};
+use crate::trunk::{trunk_channels, Trunk};
+use crate::variant::{AttributeHead, Variant};
+
+/// What defines a network: everything needed to rebuild it before loading weights.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelConfig {
+    /// Which of Table 1's variants.
+    pub variant: Variant,
+    /// Channel width of the trunk (64 = standard ResNet-50); FC sizes scale with width / 64.
+    pub width: usize,
+    /// Landmarks per face, T (ignored by variants without FLD).
+    pub n_points: usize,
+    /// Which attributes the objective and subjective branches predict.
+    pub groups: AttributeGroups,
+}
+
+impl ModelConfig {
+    /// The paper's network: DMM-CNN, width 64, dlib's 68 points, the default grouping.
+    pub fn paper() -> Self {
+        Self { variant: Variant::DmmCnn, width: 64, n_points: 68, groups: AttributeGroups::default() }
+    }
+
+    /// An FC size of the paper scaled to this width (at least 1).
+    pub fn scaled(&self, paper_size: usize) -> usize {
+        (paper_size * self.width / 64).max(1)
+    }
+}
+
+/// A stack of FC layers with ReLU between them (not after the last).
+#[derive(Debug, Clone)]
+struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    fn new(sizes: &[usize], vb: VarBuilder) -> Result<Self> {
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, io)| linear(io[0], io[1], vb.pp(format!("fc{}", i + 1))))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            xs = layer.forward(&xs)?;
+            if i + 1 < self.layers.len() {
+                xs = xs.relu()?;
+            }
+        }
+        Ok(xs)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Head {
+    GlobalPool(Linear),
+    Grouped { objective: Mlp, subjective: Mlp, to_celeba: Tensor },
+    SingleSpp(Mlp),
+}
+
+/// Outputs of one forward pass.
+#[derive(Debug, Clone)]
+pub struct DmmOutput {
+    /// `[b, 40]` attribute scores in CelebA order (compare with τ to predict).
+    pub attributes: Tensor,
+    /// `[b, 2T]` landmark coordinates normalized to [0, 1] (`x / w`, `y / h`), for FLD variants.
+    pub landmarks: Option<Tensor>,
+}
+
+/// The network.
+#[derive(Debug, Clone)]
+pub struct DmmModel {
+    config: ModelConfig,
+    trunk: Trunk,
+    head: Head,
+    landmarks: Option<Mlp>,
+}
+
+impl DmmModel {
+    /// Builds the network with trunk variables at the root of `vb` (torchvision names) and heads
+    /// under `attributes.*`, `objective.*`, `subjective.*` and `landmarks.*`.
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let c = trunk_channels(config.width);
+        let groups = &config.groups;
+        let head = match config.variant.attribute_head() {
+            AttributeHead::GlobalPool => Head::GlobalPool(linear(c, N_ATTRS, vb.pp("attributes.fc"))?),
+            AttributeHead::SingleSpp => Head::SingleSpp(Mlp::new(
+                &[spp_bins(3) * c, config.scaled(2048), config.scaled(1024), N_ATTRS],
+                vb.pp("attributes"),
+            )?),
+            AttributeHead::Grouped => {
+                let (n_obj, n_subj) = (groups.objective.len(), groups.subjective.len());
+                if n_obj + n_subj != N_ATTRS {
+                    candle_core::bail!("attribute groups cover {} attributes, expected {N_ATTRS}", n_obj + n_subj)
+                }
+                // Position of each CelebA attribute in cat([objective, subjective]).
+                let mut to_celeba = vec![0u32; N_ATTRS];
+                for (pos, &attr) in groups.objective.iter().chain(&groups.subjective).enumerate() {
+                    to_celeba[attr] = pos as u32;
+                }
+                Head::Grouped {
+                    objective: Mlp::new(&[c, config.scaled(1024), n_obj], vb.pp("objective"))?,
+                    subjective: Mlp::new(
+                        &[spp_bins(3) * c, config.scaled(2048), config.scaled(1024), n_subj],
+                        vb.pp("subjective"),
+                    )?,
+                    to_celeba: Tensor::new(to_celeba, vb.device())?,
+                }
+            }
+        };
+        let landmarks = if config.variant.uses_landmarks() {
+            if config.n_points == 0 {
+                candle_core::bail!("{} needs landmarks but n_points is 0", config.variant)
+            }
+            Some(Mlp::new(&[c, config.scaled(1024), 2 * config.n_points], vb.pp("landmarks"))?)
+        } else {
+            None
+        };
+        Ok(Self { config: config.clone(), trunk: Trunk::new(config.width, vb.clone())?, head, landmarks })
+    }
+
+    /// A freshly initialised network and the [`VarMap`] holding its variables (the optimizer's
+    /// parameters, the running statistics, and what checkpoints save).
+    pub fn fresh(config: &ModelConfig, device: &Device) -> Result<(Self, VarMap)> {
+        let varmap = VarMap::new();
+        let model = Self::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        Ok((model, varmap))
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The trunk alone.
+    pub fn trunk(&self) -> &Trunk {
+        &self.trunk
+    }
+
+    /// Runs trunk and heads; `train` selects batch-norm mode.
+    ///
+    /// # Shapes
+    /// `[b, 3, h, w] → attributes [b, 40], landmarks [b, 2T]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<DmmOutput> {
+        let features = self.trunk.forward_t(xs, train)?; // [b, 32·width, h', w']
+        self.heads(&features)
+    }
+
+    /// The heads on a trunk feature map.
+    pub fn heads(&self, features: &Tensor) -> Result<DmmOutput> {
+        let spp1 = || spp(features, 1); // [b, c]
+        let attributes = match &self.head {
+            Head::GlobalPool(fc) => fc.forward(&features.mean((2, 3))?)?,
+            Head::SingleSpp(mlp) => mlp.forward(&spp(features, 3)?)?,
+            Head::Grouped { objective, subjective, to_celeba } => {
+                let obj = objective.forward(&spp1()?)?; // [b, 22]
+                let subj = subjective.forward(&spp(features, 3)?)?; // [b, 18]
+                Tensor::cat(&[obj, subj], 1)?.index_select(to_celeba, 1)? // [b, 40], CelebA order
+            }
+        };
+        let landmarks = match &self.landmarks {
+            Some(mlp) => Some(mlp.forward(&spp1()?)?), // [b, 2T]
+            None => None,
+        };
+        Ok(DmmOutput { attributes, landmarks })
+    }
+}
+
+/// Whether a variable name belongs to the trunk (torchvision key) rather than a head.
+pub fn is_trunk_key(name: &str) -> bool {
+    name.starts_with("conv1.") || name.starts_with("bn1.") || name.starts_with("layer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(variant: Variant) -> ModelConfig {
+        ModelConfig { variant, width: 4, n_points: 5, ..ModelConfig::paper() }
+    }
+
+    #[test]
+    fn every_variant_runs_on_odd_sizes() -> Result<()> {
+        let xs = Tensor::randn(0f32, 1., (2, 3, 70, 45), &Device::Cpu)?;
+        for v in Variant::ALL {
+            let (model, varmap) = DmmModel::fresh(&config(v), &Device::Cpu)?;
+            let out = model.forward_t(&xs, true)?;
+            assert_eq!(out.attributes.dims(), [2, 40], "{v}");
+            assert_eq!(out.landmarks.as_ref().map(|l| l.dims().to_vec()), v.uses_landmarks().then(|| vec![2, 10]), "{v}");
+            let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+            assert!(names.iter().any(|n| n == "layer4.2.bn3.running_var"), "{v}");
+            assert_eq!(names.iter().any(|n| n.starts_with("landmarks.")), v.uses_landmarks(), "{v}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn grouped_outputs_land_in_celeba_order() -> Result<()> {
+        let (model, _) = DmmModel::fresh(&config(Variant::DmmCnn), &Device::Cpu)?;
+        let features = Tensor::randn(0f32, 1., (3, 128, 4, 3), &Device::Cpu)?;
+        let out = model.heads(&features)?.attributes;
+        let Head::Grouped { objective, subjective, .. } = &model.head else { unreachable!() };
+        let obj = objective.forward(&spp(&features, 1)?)?;
+        let subj = subjective.forward(&spp(&features, 3)?)?;
+        let groups = &model.config.groups;
+        // "Male" (CelebA 20) is objective, "Young" (39) is subjective.
+        let male_pos = groups.objective.iter().position(|&a| a == 20).unwrap();
+        let young_pos = groups.subjective.iter().position(|&a| a == 39).unwrap();
+        let diff = (out.narrow(1, 20, 1)? - obj.narrow(1, male_pos, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        let diff = (out.narrow(1, 39, 1)? - subj.narrow(1, young_pos, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! Max pooling with a correct backward: the ResNet stem's 3×3/s2/p1 max-pool and the adaptive
+//! max-pool behind spatial pyramid pooling (paper §3.2.2).
+//!
+//! candle 0.11 cannot train either: its `max_pool2d` backward refuses kernel ≠ stride and, where it
+//! runs, multiplies by the pooled mask instead of routing the gradient to the arg-max; it has no
+//! adaptive pooling at all. Both poolings here are one custom op, [`WindowMaxPool`], over per-axis
+//! window lists: output cell `(oy, ox)` is the max over rows `rows[oy]` × columns `cols[ox]`.
+//! Ties go to the first maximum in row-major order and NaN propagates, as in PyTorch, and the
+//! backward sends each output gradient to that one arg-max (accumulating where windows overlap).
+//!
+//! Gradient checks against finite differences are in `tests/gradients.rs`.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Half-open index range `[start, end)` along one axis.
+type Window = (usize, usize);
+
+/// Windows of a standard max-pool (`kernel`, `stride`, `padding`; padding acts as −∞), clipped to
+/// the input. Output length `⌊(len + 2·padding − kernel) / stride⌋ + 1`, as PyTorch without
+/// `ceil_mode`.
+pub fn pool_windows(len: usize, kernel: usize, stride: usize, padding: usize) -> Vec<Window> {
+    let n_out = (len + 2 * padding).saturating_sub(kernel) / stride + 1;
+    (0..n_out)
+        .map(|o| {
+            let start = (o * stride) as isize - padding as isize;
+            let end = (start + kernel as isize).min(len as isize);
+            (start.max(0) as usize, end.max(0) as usize)
+        })
+        .collect()
+}
+
+/// PyTorch's adaptive pooling bins: bin `i` of `n` spans `⌊i·len/n⌋ .. ⌈(i+1)·len/n⌉`.
+pub fn adaptive_windows(len: usize, n: usize) -> Vec<Window> {
+    (0..n).map(|i| (i * len / n, ((i + 1) * len).div_ceil(n))).collect()
+}
+
+/// Max over explicit row × column windows of each `[h, w]` plane of an `[n, c, h, w]` tensor.
+#[derive(Debug, Clone)]
+pub struct WindowMaxPool {
+    rows: Vec<Window>,
+    cols: Vec<Window>,
+}
+
+/// Scalar types the pooling kernels run on.
+trait Elem: candle_core::WithDType + PartialOrd + std::ops::AddAssign {
+    fn is_nan(self) -> bool;
+}
+
+impl Elem for f32 {
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Elem for f64 {
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+impl WindowMaxPool {
+    /// Pooling over the given windows. Every window must be non-empty.
+    pub fn new(rows: Vec<Window>, cols: Vec<Window>) -> Self {
+        Self { rows, cols }
+    }
+
+    /// Index within the plane of the first maximum of window `(oy, ox)`.
+    fn argmax<T: Elem>(&self, plane: &[T], w: usize, oy: usize, ox: usize) -> usize {
+        let (r0, r1) = self.rows[oy];
+        let (c0, c1) = self.cols[ox];
+        let mut best = r0 * w + c0;
+        for y in r0..r1 {
+            for x in c0..c1 {
+                let i = y * w + x;
+                let v = plane[i];
+                if v > plane[best] || (v.is_nan() && !plane[best].is_nan()) {
+                    best = i;
+                }
+            }
+        }
+        best
+    }
+
+    fn check(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        let fits = |ws: &[Window], len: usize| ws.iter().all(|&(a, b)| a < b && b <= len);
+        if !fits(&self.rows, h) || !fits(&self.cols, w) || self.rows.is_empty() || self.cols.is_empty() {
+            candle_core::bail!("window max-pool: windows do not fit an input of {h}×{w} (empty or out of range)")
+        }
+        Ok((n, c, h, w))
+    }
+
+    fn fwd<T: Elem>(&self, xs: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+        let (oh, ow) = (self.rows.len(), self.cols.len());
+        let mut out = vec![T::zero(); planes * oh * ow];
+        out.par_chunks_mut(oh * ow).zip(xs.par_chunks(h * w)).for_each(|(o, plane)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    o[oy * ow + ox] = plane[self.argmax(plane, w, oy, ox)];
+                }
+            }
+        });
+        out
+    }
+
+    fn bwd_kernel<T: Elem>(&self, xs: &[T], grad: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
+        let (oh, ow) = (self.rows.len(), self.cols.len());
+        let mut dx = vec![T::zero(); planes * h * w];
+        dx.par_chunks_mut(h * w)
+            .zip(xs.par_chunks(h * w))
+            .zip(grad.par_chunks(oh * ow))
+            .for_each(|((d, plane), g)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        d[self.argmax(plane, w, oy, ox)] += g[oy * ow + ox];
+                    }
+                }
+            });
+        dx
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("window max-pool: {what} must be contiguous"),
+    }
+}
+
+impl CustomOp1 for WindowMaxPool {
+    fn name(&self) -> &'static str {
+        "window-max-pool"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.check(layout)?;
+        let shape = Shape::from((n, c, self.rows.len(), self.cols.len()));
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(self.fwd(contiguous(v, layout, "input")?, n * c, h, w)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.fwd(contiguous(v, layout, "input")?, n * c, h, w)),
+            s => candle_core::bail!("window max-pool: unsupported dtype {:?}", s.dtype()),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &WindowMaxPoolBackward(self.clone()))?;
+        Ok(Some(grad))
+    }
+}
+
+/// The backward of [`WindowMaxPool`]: `(input, grad_output) → grad_input`.
+struct WindowMaxPoolBackward(WindowMaxPool);
+
+impl CustomOp2 for WindowMaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "window-max-pool-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let pool = &self.0;
+        let (n, c, h, w) = pool.check(l1)?;
+        if l2.shape().dims() != [n, c, pool.rows.len(), pool.cols.len()] {
+            candle_core::bail!("window max-pool backward: gradient shape {:?} does not match the output", l2.shape())
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                CpuStorage::F32(pool.bwd_kernel(contiguous(x, l1, "input")?, contiguous(g, l2, "gradient")?, n * c, h, w))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                CpuStorage::F64(pool.bwd_kernel(contiguous(x, l1, "input")?, contiguous(g, l2, "gradient")?, n * c, h, w))
+            }
+            _ => candle_core::bail!("window max-pool backward: unsupported or mixed dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// 2-D max pooling with a square `kernel`, `stride` and `padding` (padding never wins: it acts as
+/// −∞), differentiable.
+///
+/// # Shapes
+/// `[n, c, h, w] → [n, c, ⌊(h + 2p − k)/s⌋ + 1, ⌊(w + 2p − k)/s⌋ + 1]`
+pub fn max_pool2d(xs: &Tensor, kernel: usize, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    if kernel == 0 || stride == 0 || 2 * padding > kernel {
+        candle_core::bail!("max_pool2d: invalid kernel {kernel}, stride {stride}, padding {padding}")
+    }
+    let pool = WindowMaxPool::new(pool_windows(h, kernel, stride, padding), pool_windows(w, kernel, stride, padding));
+    xs.contiguous()?.apply_op1(pool)
+}
+
+/// Adaptive max pooling to an `out_h × out_w` grid with PyTorch's bin edges, differentiable.
+///
+/// # Shapes
+/// `[n, c, h, w] → [n, c, out_h, out_w]`
+pub fn adaptive_max_pool2d(xs: &Tensor, out_h: usize, out_w: usize) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = xs.dims4()?;
+    // More bins than rows is allowed, as in PyTorch: bins then overlap (a 32×32 image gives a 1×1
+    // trunk map, which every SPP level still pools).
+    if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
+        candle_core::bail!("adaptive_max_pool2d: cannot pool {h}×{w} to {out_h}×{out_w}")
+    }
+    xs.contiguous()?.apply_op1(WindowMaxPool::new(adaptive_windows(h, out_h), adaptive_windows(w, out_w)))
+}
+
+/// n-level spatial pyramid pooling: adaptive max-pools to 1×1, 2×2, …, n×n, each flattened
+/// channel-major and concatenated (He et al. 2015; paper §3.2.2).
+///
+/// # Shapes
+/// `[b, c, h, w] → [b, c·(1² + 2² + … + n²)]` (n = 3: 14·c)
+pub fn spp(xs: &Tensor, levels: usize) -> candle_core::Result<Tensor> {
+    let parts = (1..=levels)
+        .map(|n| adaptive_max_pool2d(xs, n, n)?.flatten_from(1))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 1)
+}
+
+/// Features per channel of an n-level pyramid: 1² + 2² + … + n².
+pub fn spp_bins(levels: usize) -> usize {
+    (1..=levels).map(|n| n * n).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn adaptive_bins_follow_pytorch() {
+        // PyTorch: start = floor(i*7/3), end = ceil((i+1)*7/3) → [0,3) [2,5) [4,7).
+        assert_eq!(adaptive_windows(7, 3), [(0, 3), (2, 5), (4, 7)]);
+        assert_eq!(adaptive_windows(6, 1), [(0, 6)]);
+        assert_eq!(adaptive_windows(5, 2), [(0, 3), (2, 5)]);
+        assert_eq!(adaptive_windows(2, 3), [(0, 1), (0, 2), (1, 2)]);
+    }
+
+    #[test]
+    fn stem_pool_windows() {
+        // 112 → 56 with kernel 3, stride 2, padding 1; the first window is clipped to [0, 2).
+        let w = pool_windows(112, 3, 2, 1);
+        assert_eq!(w.len(), 56);
+        assert_eq!((w[0], w[1], w[55]), ((0, 2), (1, 4), (109, 112)));
+        assert_eq!(pool_windows(109, 3, 2, 1).len(), 55);
+    }
+
+    #[test]
+    fn forward_values_by_hand() -> candle_core::Result<()> {
+        let xs = Tensor::new(&[[[[1f32, 5., 2., 0.], [3., 4., 9., 1.], [7., 0., 2., 8.]]]], &Device::Cpu)?;
+        let p = max_pool2d(&xs, 3, 2, 1)?; // rows [0,2) [1,3); cols [0,2) [1,4)
+        assert_eq!(p.flatten_all()?.to_vec1::<f32>()?, [5., 9., 7., 9.]);
+        let s = spp(&xs, 2)?;
+        // Level 1: max 9. Level 2 (rows [0,2) [1,3), cols [0,2) [2,4)): 5 9 / 7 9.
+        assert_eq!(s.to_vec2::<f32>()?, [[9., 5., 9., 7., 9.]]);
+        Ok(())
+    }
+
+    #[test]
+    fn backward_routes_to_first_argmax_only() -> candle_core::Result<()> {
+        let xs = candle_core::Var::new(&[[[[1f32, 3., 3.], [0., 2., 1.]]]], &Device::Cpu)?;
+        // One 2×3 window: the max 3 is tied at (0,1) and (0,2); PyTorch sends the gradient to (0,1).
+        let out = adaptive_max_pool2d(xs.as_tensor(), 1, 1)?;
+        let grads = (out * 2.0)?.sum_all()?.backward()?;
+        let g = grads.get(&xs).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(g, [0., 2., 0., 0., 0., 0.]);
+        Ok(())
+    }
+}

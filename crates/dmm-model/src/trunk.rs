@@ -1,0 +1,191 @@
+//! The shared trunk: ResNet-50 v1.5 (He et al. 2016; torchvision layout, stride on the 3×3 conv)
+//! with the global pool and classifier removed, so the heads see the last feature map (paper
+//! §3.2, Fig. 2).
+//!
+//! Variable names equal torchvision's and timm's checkpoint keys (`conv1.weight`, `bn1.*`,
+//! `layer{1..4}.{i}.conv{1,2,3}.weight`, `…downsample.{0,1}.*`), so ImageNet weights load unchanged.
+//! `width` scales every channel count (64 = the standard network); candle's own ResNet cannot be
+//! used because it hard-codes eval-mode batch norm and its stem max-pool cannot be differentiated.
+
+use candle_core::{ModuleT, Result, Tensor};
+use candle_nn::{batch_norm, conv2d_no_bias, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::pool::max_pool2d;
+
+/// Blocks per stage of ResNet-50.
+pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
+
+/// Output channels of the trunk at `width`: 32·width (2048 at 64).
+pub fn trunk_channels(width: usize) -> usize {
+    32 * width
+}
+
+fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
+    // PyTorch's defaults: eps 1e-5, momentum 0.1, affine.
+    let cfg = BatchNormConfig { eps: 1e-5, momentum: 0.1, ..Default::default() };
+    batch_norm(c, cfg, vb)
+}
+
+fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig { stride, padding: k / 2, ..Default::default() };
+    conv2d_no_bias(c_in, c_out, k, cfg, vb)
+}
+
+/// A bias-free convolution whose backward is right for any input shape.
+///
+/// candle 0.11's conv2d backward derives one `output_padding` from the height and applies it to
+/// both axes, so a strided conv whose height and width leave different remainders (218×178
+/// CelebA crops reach layer3 as 28×23) fails with a shape error. When the remainders differ, pad
+/// explicitly and drop the trailing rows/columns no window reaches; the convolution is then
+/// unpadded with remainder 0 on both axes and its gradient (routed back through pad and narrow)
+/// is exact.
+pub fn conv2d(xs: &Tensor, conv: &Conv2d) -> Result<Tensor> {
+    let cfg = conv.config();
+    let (s, p) = (cfg.stride, cfg.padding);
+    let (_, _, h, w) = xs.dims4()?;
+    let (_, _, kh, kw) = conv.weight().dims4()?;
+    let (rh, rw) = ((h + 2 * p - kh) % s, (w + 2 * p - kw) % s);
+    if rh == rw {
+        return xs.conv2d(conv.weight(), p, s, cfg.dilation, cfg.groups);
+    }
+    let xs = xs.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+    let xs = xs.narrow(2, 0, h + 2 * p - rh)?.narrow(3, 0, w + 2 * p - rw)?;
+    xs.conv2d(conv.weight(), 0, s, cfg.dilation, cfg.groups)
+}
+
+/// A bottleneck block: 1×1 reduce, 3×3 (carrying the stride), 1×1 expand ×4, plus the shortcut.
+#[derive(Debug, Clone)]
+pub struct Bottleneck {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    conv3: Conv2d,
+    bn3: BatchNorm,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Bottleneck {
+    /// A block taking `c_in` channels to `4·planes`, with `stride` on the 3×3 conv.
+    pub fn new(c_in: usize, planes: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+        let c_out = 4 * planes;
+        let downsample = if stride != 1 || c_in != c_out {
+            Some((conv(c_in, c_out, 1, stride, vb.pp("downsample.0"))?, bn(c_out, vb.pp("downsample.1"))?))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv(c_in, planes, 1, 1, vb.pp("conv1"))?,
+            bn1: bn(planes, vb.pp("bn1"))?,
+            conv2: conv(planes, planes, 3, stride, vb.pp("conv2"))?,
+            bn2: bn(planes, vb.pp("bn2"))?,
+            conv3: conv(planes, c_out, 1, 1, vb.pp("conv3"))?,
+            bn3: bn(c_out, vb.pp("bn3"))?,
+            downsample,
+        })
+    }
+
+    /// # Shapes
+    /// `[b, c_in, h, w] → [b, 4·planes, ⌈h/stride⌉, ⌈w/stride⌉]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let ys = self.bn1.forward_t(&conv2d(xs, &self.conv1)?, train)?.relu()?;
+        let ys = self.bn2.forward_t(&conv2d(&ys, &self.conv2)?, train)?.relu()?;
+        let ys = self.bn3.forward_t(&conv2d(&ys, &self.conv3)?, train)?;
+        let shortcut = match &self.downsample {
+            Some((c, b)) => b.forward_t(&conv2d(xs, c)?, train)?,
+            None => xs.clone(),
+        };
+        (ys + shortcut)?.relu()
+    }
+}
+
+/// ResNet-50 without global pooling and classifier.
+#[derive(Debug, Clone)]
+pub struct Trunk {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    stages: Vec<Vec<Bottleneck>>,
+    width: usize,
+}
+
+impl Trunk {
+    /// Builds the trunk with variables at the root of `vb` (torchvision names).
+    pub fn new(width: usize, vb: VarBuilder) -> Result<Self> {
+        if width == 0 {
+            candle_core::bail!("trunk width must be at least 1")
+        }
+        let mut c_in = width;
+        let mut stages = Vec::with_capacity(4);
+        for (i, &n_blocks) in RESNET50_BLOCKS.iter().enumerate() {
+            let planes = width << i;
+            let stride = if i == 0 { 1 } else { 2 };
+            let vb = vb.pp(format!("layer{}", i + 1));
+            let mut blocks = Vec::with_capacity(n_blocks);
+            for b in 0..n_blocks {
+                blocks.push(Bottleneck::new(c_in, planes, if b == 0 { stride } else { 1 }, vb.pp(b))?);
+                c_in = 4 * planes;
+            }
+            stages.push(blocks);
+        }
+        Ok(Self { conv1: conv(3, width, 7, 2, vb.pp("conv1"))?, bn1: bn(width, vb.pp("bn1"))?, stages, width })
+    }
+
+    /// The width this trunk was built with.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// # Shapes
+    /// `[b, 3, h, w] → [b, 32·width, h', w']` with h' = ⌈h/32⌉-ish (218×178 → 7×6; 224×224 → 7×7)
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, c, h, w) = xs.dims4()?;
+        if c != 3 || h < 32 || w < 32 {
+            candle_core::bail!("trunk: expected input [b, 3, h ≥ 32, w ≥ 32], got {:?}", xs.dims())
+        }
+        let xs = self.bn1.forward_t(&conv2d(xs, &self.conv1)?, train)?.relu()?;
+        let mut xs = max_pool2d(&xs, 3, 2, 1)?;
+        for block in self.stages.iter().flatten() {
+            xs = block.forward_t(&xs, train)?;
+        }
+        Ok(xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn strided_conv_backward_works_when_axes_disagree() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let c = conv(2, 3, 3, 2, vb)?;
+        // 28×23 with 3×3/s2/p1: remainders 1 and 0 (what layer3 sees for a 218×178 image).
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (1, 2, 28, 23), &Device::Cpu)?)?;
+        let plain = x.as_tensor().conv2d(c.weight(), 1, 2, 1, 1)?;
+        let ours = conv2d(x.as_tensor(), &c)?;
+        assert_eq!(ours.dims(), [1, 3, 14, 12]);
+        assert_eq!((ours.clone() - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        assert!(plain.sum_all()?.backward().is_err(), "candle's own backward still fails here; drop the workaround once it does not");
+        let g = ours.sum_all()?.backward()?;
+        assert_eq!(g.get(&x).unwrap().dims(), [1, 2, 28, 23]);
+        Ok(())
+    }
+
+    #[test]
+    fn trunk_trains_at_celeba_size() -> Result<()> {
+        let varmap = VarMap::new();
+        let trunk = Trunk::new(2, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+        let xs = Tensor::randn(0f32, 1., (2, 3, 218, 178), &Device::Cpu)?;
+        let out = trunk.forward_t(&xs, true)?;
+        assert_eq!(out.dims(), [2, 64, 7, 6]);
+        let grads = out.sqr()?.sum_all()?.backward()?;
+        let missing: Vec<_> = varmap.data().lock().unwrap().iter()
+            .filter(|(k, v)| !k.contains("running") && grads.get(v.as_tensor()).is_none())
+            .map(|(k, _)| k.clone()).collect();
+        assert!(missing.is_empty(), "no gradient for {missing:?}");
+        Ok(())
+    }
+}
