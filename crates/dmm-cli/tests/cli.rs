@@ -136,3 +136,56 @@ fn help_explains_the_commands() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("stats") && text.contains("check"), "{text}");
 }
+
+fn fixture(name: &str) -> String {
+    repo().join("crates/dmm-model/tests/fixtures").join(name).to_str().unwrap().to_string()
+}
+
+fn rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    d / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt()
+}
+
+#[test]
+fn forward_matches_the_pytorch_fixture() {
+    use candle_core::Device;
+    use dmm_model::weights::read_safetensors;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let run = dmm(&["forward", "--weights", &fixture("dmm_w8.safetensors"), "--width", "8", "--input", &fixture("io_w8.safetensors"), "--output", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let reference = read_safetensors(Path::new(&fixture("io_w8.safetensors")), &Device::Cpu).unwrap();
+    let got = read_safetensors(&out, &Device::Cpu).unwrap();
+    assert!(rel_err(&got["trunk"], &reference["trunk_eval"]) < 1e-4);
+
+    // The same weights as a full checkpoint: trunk and heads.
+    let cfg = dmm_model::ModelConfig { variant: dmm_model::Variant::DmmCnn, width: 8, n_points: 68, ..dmm_model::ModelConfig::paper() };
+    let (_, varmap) = dmm_model::DmmModel::fresh(&cfg, &Device::Cpu).unwrap();
+    let weights = read_safetensors(Path::new(&fixture("dmm_w8.safetensors")), &Device::Cpu).unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        var.set(&weights[name].to_dtype(candle_core::DType::F32).unwrap()).unwrap();
+    }
+    let ckpt = dir.path().join("model.safetensors");
+    dmm_model::checkpoint::save(&ckpt, &varmap, &dmm_model::CheckpointMeta::new(cfg)).unwrap();
+    let run = dmm(&["forward", "--weights", ckpt.to_str().unwrap(), "--input", &fixture("io_w8.safetensors"), "--output", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let got = read_safetensors(&out, &Device::Cpu).unwrap();
+    assert!(rel_err(&got["attributes"], &reference["attributes_eval"]) < 1e-4);
+    assert!(rel_err(&got["landmarks"], &reference["landmarks_eval"]) < 1e-4);
+}
+
+#[test]
+fn forward_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let out = out.to_str().unwrap();
+    let line = one_error(&["forward", "--weights", &fixture("dmm_w8.safetensors"), "--input", &fixture("io_w8.safetensors"), "--output", out]);
+    assert!(line.contains("--width is needed"), "{line}");
+    let line = one_error(&["forward", "--weights", &fixture("dmm_w8.safetensors"), "--width", "16", "--input", &fixture("io_w8.safetensors"), "--output", out]);
+    assert!(line.contains("does not fit the network: 265 mis-shaped"), "{line}");
+    let line = one_error(&["forward", "--weights", &fixture("dmm_w8.safetensors"), "--width", "8", "--input", &fixture("dmm_w8.safetensors"), "--output", out]);
+    assert!(line.contains("no tensor named `input`"), "{line}");
+    let line = one_error(&["forward", "--weights", "hf://nobody/nothing", "--offline", "--width", "8", "--input", &fixture("io_w8.safetensors"), "--output", out]);
+    assert!(line.contains("hf://nobody/nothing/model.safetensors") && line.contains("offline"), "{line}");
+    assert!(!Path::new(out).exists(), "nothing written on failure");
+}
