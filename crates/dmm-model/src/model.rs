@@ -201,8 +201,10 @@ mod tests {
     #[test]
     fn every_variant_runs_on_odd_sizes() -> Result<()> {
         let xs = Tensor::randn(0f32, 1., (2, 3, 70, 45), &Device::Cpu)?;
+        let smallest = Tensor::randn(0f32, 1., (1, 3, 32, 32), &Device::Cpu)?;
         for v in Variant::ALL {
             let (model, varmap) = DmmModel::fresh(&config(v), &Device::Cpu)?;
+            assert_eq!(model.forward_t(&smallest, false)?.attributes.dims(), [1, 40], "{v} at 32×32");
             let out = model.forward_t(&xs, true)?;
             assert_eq!(out.attributes.dims(), [2, 40], "{v}");
             assert_eq!(out.landmarks.as_ref().map(|l| l.dims().to_vec()), v.uses_landmarks().then(|| vec![2, 10]), "{v}");
