@@ -15,6 +15,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Train a DMM-CNN variant (Algorithm 1) into a run directory: config.json, metrics.jsonl (one
+    /// record per evaluation with λ and τ), last.safetensors (resume point) and model.safetensors
+    /// (best model by evaluation mean accuracy). Ctrl-C loses at most the work since the last
+    /// evaluation; --resume continues to the same result as an uninterrupted run.
+    Train(TrainArgs),
+    /// Evaluate a trained model on a split: per-attribute and mean accuracy and balanced accuracy,
+    /// with the model's adaptive thresholds.
+    Eval(EvalArgs),
     /// Run the network on a tensor file (for parity checks against PyTorch): reads tensor `input`
     /// [N, 3, H, W] f32 and writes `trunk` [N, 32·W, h, w] — plus `attributes` [N, 40] and
     /// `landmarks` [N, 2T] when the weights are a full dmm checkpoint. Eval-mode batch norm.
@@ -102,4 +110,111 @@ pub struct ForwardArgs {
     /// Resolve hf:// weights from the local Hugging Face cache only, never the network.
     #[arg(long)]
     pub offline: bool,
+}
+
+/// The four loss-weighting schemes of the paper's Table 2.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WeightingArg {
+    /// Uniform weights (λ = 1).
+    Uw,
+    /// Dynamic Weight Average (Liu et al. 2019), T = 2.
+    Dwa,
+    /// Adaptive Weighting (He et al. 2017, reconstructed), 10-image validation batch per iteration.
+    Aw,
+    /// The paper's dynamic weights (Eq. 4).
+    Dw,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset layout of ROOT.
+    #[arg(long, value_enum)]
+    pub dataset: DatasetArg,
+    /// Dataset root folder.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Settings to start from: smoke (seconds), mini (the bundled sample, minutes), subset (a real
+    /// CelebA subset on CPU, about an hour), paper (full data, width 64, batch 64, 15 epochs, GPU).
+    #[arg(long, default_value = "mini", value_parser = ["smoke", "mini", "subset", "paper"])]
+    pub preset: String,
+    /// Which of Table 1's variants: baseline, dmm-fac, dmm-eq-fix, dmm-eq-at, dmm-dw-fix, dmm-spp, dmm-cnn.
+    #[arg(long, default_value = "dmm-cnn")]
+    pub variant: String,
+    /// Run directory (created; must not hold another run unless --resume).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: PathBuf,
+    /// ImageNet trunk weights to start from: a safetensors file or hf://owner/name[@rev][/file]
+    /// (torchvision/timm names, e.g. hf://timm/resnet50.a1_in1k at width 64).
+    #[arg(long, value_name = "FILE|hf://…")]
+    pub backbone: Option<String>,
+    /// Start from a trained dmm checkpoint (fine-tuning, e.g. LFWA from CelebA).
+    #[arg(long, value_name = "CKPT", conflicts_with = "backbone")]
+    pub init: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Loss weighting (default: DW for variants with dynamic weights, else UW).
+    #[arg(long, value_enum)]
+    pub weighting: Option<WeightingArg>,
+    /// Override the preset's trunk width.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Override the preset's epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override the preset's batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override the preset's learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Override P, the evaluation interval in iterations.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Resize inputs to HxW (e.g. 112x92); `native` keeps the stored size.
+    #[arg(long, value_name = "HxW|native")]
+    pub size: Option<String>,
+    /// Use at most this many training images.
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    /// Use at most this many images per evaluation.
+    #[arg(long)]
+    pub max_eval: Option<usize>,
+    /// Seed of initialisation, shuffling and flips.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Rescale DW's λ to sum to 40 (on in the CPU presets, off in paper).
+    #[arg(long)]
+    pub rescale_dw: Option<bool>,
+    /// Log one line per evaluation instead of a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Resolve hf:// weights from the local Hugging Face cache only.
+    #[arg(long)]
+    pub offline: bool,
+    /// Stop after the first checkpoint at or past this iteration (for testing resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A dmm checkpoint (model.safetensors of a run).
+    #[arg(long, value_name = "CKPT")]
+    pub model: PathBuf,
+    /// Dataset layout of ROOT.
+    #[arg(long, value_enum)]
+    pub dataset: DatasetArg,
+    /// Dataset root folder.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+    pub split: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }

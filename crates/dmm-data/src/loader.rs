@@ -158,6 +158,18 @@ impl Loader {
         self.config.random_flip && mix(self.config.seed ^ mix(epoch.wrapping_add(1)) ^ mix(index as u64 + 0x5EED)) & 1 == 1
     }
 
+    /// Decodes the samples at `indices` (positions in this loader) as one batch, unflipped, on
+    /// the calling thread's rayon pool (for small ad-hoc batches such as AW's validation batch).
+    pub fn batch_of(&self, indices: &[usize]) -> Result<Batch> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= self.items.len()) {
+            return Err(Error::Config(format!("sample index {bad} is out of range (0..{})", self.items.len())));
+        }
+        if indices.is_empty() {
+            return Err(Error::Config("a batch needs at least one sample".into()));
+        }
+        assemble(&self.items, indices.to_vec(), &vec![false; indices.len()], &self.config.transform, self.n_points)
+    }
+
     /// Iterates the batches of epoch `epoch`.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
         self.epoch_from(epoch, 0)

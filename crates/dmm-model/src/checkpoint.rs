@@ -17,6 +17,9 @@ use crate::{Error, Result};
 
 /// Metadata key in the safetensors header.
 pub const METADATA_KEY: &str = "dmm";
+/// Name prefix of tensors that are not model variables (a trainer's optimizer state); [`load`]
+/// skips them.
+pub const EXTRA_PREFIX: &str = "extra.";
 /// Version of the metadata layout.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -63,12 +66,53 @@ pub struct Checkpoint {
 
 /// Writes all variables of `varmap` and `meta` to `path` atomically.
 pub fn save(path: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result<()> {
+    save_with_extra(path, varmap, meta, Vec::new(), HashMap::new())
+}
+
+/// [`save`] plus extra tensors (stored as `extra.<name>`) and extra metadata entries, in the same
+/// atomic write: a trainer's resume point is one file, never a model from one step and optimizer
+/// state from another.
+pub fn save_with_extra(
+    path: &Path,
+    varmap: &VarMap,
+    meta: &CheckpointMeta,
+    extra: Vec<(String, Tensor)>,
+    mut metadata: HashMap<String, String>,
+) -> Result<()> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut tensors: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     drop(data);
+    tensors.extend(extra.into_iter().map(|(k, t)| (format!("{EXTRA_PREFIX}{k}"), t)));
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let json = serde_json::to_string(meta).map_err(|e| Error::format(path, e.to_string()))?;
-    write_atomic(path, &tensors, Some(HashMap::from([(METADATA_KEY.to_string(), json)])))
+    metadata.insert(METADATA_KEY.to_string(), json);
+    write_atomic(path, &tensors, Some(metadata))
+}
+
+/// Reads one metadata entry of a safetensors header (`None` if absent).
+pub fn read_metadata_entry(path: &Path, key: &str) -> Result<Option<String>> {
+    let header = read_header(path)?;
+    Ok(header.get("__metadata__").and_then(|m| m.get(key)).and_then(|v| v.as_str()).map(str::to_string))
+}
+
+/// Reads the tensors stored with [`save_with_extra`], without their prefix.
+pub fn read_extra(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let tensors = crate::weights::read_safetensors(path, device)?;
+    Ok(tensors.into_iter().filter_map(|(k, t)| k.strip_prefix(EXTRA_PREFIX).map(|k| (k.to_string(), t))).collect())
+}
+
+fn read_header(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| Error::format(path, "too short for a safetensors file"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(Error::format(path, format!("safetensors header of {len} bytes is implausible")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|_| Error::format(path, "truncated safetensors header"))?;
+    serde_json::from_slice(&header).map_err(|e| Error::format(path, format!("safetensors header is not JSON: {e}")))
 }
 
 /// Writes named tensors as safetensors, atomically (temporary file + rename).
@@ -94,23 +138,11 @@ pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: Option<
 
 /// Reads only the metadata of a checkpoint (`None` for a plain weight file without it).
 pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| Error::format(path, "too short for a safetensors file"))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100_000_000 {
-        return Err(Error::format(path, format!("safetensors header of {len} bytes is implausible")));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|_| Error::format(path, "truncated safetensors header"))?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| Error::format(path, format!("safetensors header is not JSON: {e}")))?;
-    let Some(json) = header.get("__metadata__").and_then(|m| m.get(METADATA_KEY)).and_then(|v| v.as_str()) else {
+    let Some(json) = read_metadata_entry(path, METADATA_KEY)? else {
         return Ok(None);
     };
     let meta: CheckpointMeta =
-        serde_json::from_str(json).map_err(|e| Error::format(path, format!("invalid dmm metadata: {e}")))?;
+        serde_json::from_str(&json).map_err(|e| Error::format(path, format!("invalid dmm metadata: {e}")))?;
     if meta.format != FORMAT_VERSION {
         return Err(Error::format(path, format!("checkpoint format {} is not supported (expected {FORMAT_VERSION})", meta.format)));
     }
@@ -135,7 +167,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             Some(t) => var.set(&t.to_dtype(DType::F32)?)?,
         }
     }
-    problems.extend(tensors.keys().filter(|k| !data.contains_key(*k)).map(|k| format!("unexpected {k}")));
+    problems.extend(
+        tensors.keys().filter(|k| !data.contains_key(*k) && !k.starts_with(EXTRA_PREFIX)).map(|k| format!("unexpected {k}")),
+    );
     drop(data);
     if !problems.is_empty() {
         problems.sort();

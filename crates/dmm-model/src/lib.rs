@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod init;
 mod error;
 pub mod model;
 pub mod pool;

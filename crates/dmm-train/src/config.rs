@@ -1,0 +1,188 @@
+//! Training configuration: one serde struct with named presets (`smoke`, `mini`, `subset`,
+//! `paper`); the CLI starts from a preset and overrides fields. The resolved configuration is
+//! written to `config.json` in the run directory and must match on `--resume`.
+
+use std::path::PathBuf;
+
+use dmm_data::{DatasetKind, Split};
+use dmm_model::Variant;
+use dmm_policy::{Scheme, SgdConfig};
+
+use crate::{Error, Result};
+
+/// Everything that decides a training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// The preset this started from.
+    pub preset: String,
+    /// Dataset layout.
+    pub dataset: DatasetKind,
+    /// Dataset root.
+    pub root: PathBuf,
+    /// Which of Table 1's variants.
+    pub variant: Variant,
+    /// Trunk width (64 = ResNet-50).
+    pub width: usize,
+    /// Resize to `(height, width)`; `None` feeds the stored size (218×178 for CelebA).
+    pub input_size: Option<(usize, usize)>,
+    /// Images per training batch.
+    pub batch_size: usize,
+    /// Training epochs.
+    pub epochs: usize,
+    /// P of Algorithm 1: evaluate (and update τ, λ) every this many iterations.
+    pub eval_every: usize,
+    /// Optimizer hyper-parameters.
+    pub sgd: SgdConfig,
+    /// Evaluations without improvement before the learning rate is multiplied by 0.1.
+    pub plateau_patience: usize,
+    /// β of Eq. 3 (weight of the landmark loss).
+    pub beta: f64,
+    /// γ of Eq. 6.
+    pub gamma: f64,
+    /// Loss weighting; `None` follows the variant (DW for variants with dynamic weights, else UW).
+    pub weighting: Option<Scheme>,
+    /// Rescale DW's λ to sum to J (ignored by other schemes).
+    pub rescale_dw: bool,
+    /// Seed of initialisation, shuffling and flips.
+    pub seed: u64,
+    /// Use at most this many training images (the first in list order).
+    pub max_train: Option<usize>,
+    /// Use at most this many images in each evaluation.
+    pub max_eval: Option<usize>,
+    /// The split the τ/λ evaluations run on: `val` for CelebA; LFWA has none, so `train`.
+    pub eval_split: Split,
+    /// ImageNet trunk weights (file or hf://…) to start from.
+    pub backbone: Option<String>,
+    /// A dmm checkpoint to start from (fine-tuning, e.g. LFWA from CelebA).
+    pub init: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    /// Preset names, in order of size.
+    pub const PRESETS: [&'static str; 4] = ["smoke", "mini", "subset", "paper"];
+
+    /// A named preset for `dataset` at `root`.
+    pub fn preset(name: &str, dataset: DatasetKind, root: PathBuf) -> Result<Self> {
+        let base = Self {
+            preset: name.to_string(),
+            dataset,
+            root,
+            variant: Variant::DmmCnn,
+            width: 64,
+            input_size: None,
+            batch_size: 64,
+            epochs: 15,
+            eval_every: 1000,
+            sgd: SgdConfig::paper(),
+            plateau_patience: 1,
+            beta: 0.5,
+            gamma: dmm_policy::AdaptiveThresholds::PAPER_GAMMA,
+            weighting: None,
+            rescale_dw: false,
+            seed: 0,
+            max_train: None,
+            max_eval: None,
+            eval_split: match dataset {
+                DatasetKind::CelebA => Split::Val,
+                DatasetKind::Lfwa => Split::Train,
+            },
+            backbone: None,
+            init: None,
+        };
+        let cfg = match name {
+            // Seconds on a laptop: a handful of tiny iterations and two evaluations.
+            "smoke" => Self {
+                width: 2,
+                input_size: Some((64, 52)),
+                batch_size: 8,
+                epochs: 1,
+                eval_every: 3,
+                sgd: SgdConfig { lr: 0.01, ..SgdConfig::paper() },
+                max_train: Some(48),
+                max_eval: Some(16),
+                rescale_dw: true,
+                ..base
+            },
+            // The bundled sample on a CPU in a few minutes.
+            "mini" => Self {
+                width: 8,
+                input_size: Some((112, 92)),
+                batch_size: 16,
+                epochs: 12,
+                eval_every: 18,
+                sgd: SgdConfig { lr: 0.02, ..SgdConfig::paper() },
+                plateau_patience: 2,
+                rescale_dw: true,
+                ..base
+            },
+            // A real CelebA subset (e.g. ../shared's 9,000 train / 2,000 val) in about an hour.
+            "subset" => Self {
+                width: 16,
+                input_size: Some((112, 92)),
+                batch_size: 32,
+                epochs: 3,
+                eval_every: 94,
+                sgd: SgdConfig { lr: 0.02, ..SgdConfig::paper() },
+                rescale_dw: true,
+                ..base
+            },
+            // The paper's setting: full data, width 64, native size, batch 64, 15 epochs, lr 0.001.
+            "paper" => base,
+            other => {
+                return Err(Error::Config(format!("unknown preset `{other}` (expected {})", Self::PRESETS.join(", "))))
+            }
+        };
+        Ok(cfg)
+    }
+
+    /// The weighting scheme in force.
+    pub fn scheme(&self) -> Scheme {
+        self.weighting.unwrap_or(if self.variant.uses_dynamic_weights() {
+            Scheme::Dw { rescale: self.rescale_dw }
+        } else {
+            Scheme::Uw
+        })
+    }
+
+    /// Checks values that would make training meaningless.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Config(m.to_string()));
+        if self.width == 0 || self.batch_size == 0 || self.epochs == 0 || self.eval_every == 0 {
+            return bad("width, batch size, epochs and eval-every must all be at least 1");
+        }
+        if !(self.sgd.lr > 0.0) || !self.sgd.lr.is_finite() {
+            return bad("the learning rate must be a positive number");
+        }
+        if let Some((h, w)) = self.input_size {
+            if h < 32 || w < 32 {
+                return bad("input size must be at least 32×32");
+            }
+        }
+        if self.dataset == DatasetKind::Lfwa && self.eval_split == Split::Val {
+            return bad("LFWA has no validation split: evaluate on train (the paper's choice) or test");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_follow_the_variant() {
+        for name in TrainConfig::PRESETS {
+            let cfg = TrainConfig::preset(name, DatasetKind::CelebA, "data/celeba".into()).unwrap();
+            cfg.validate().unwrap();
+            assert_eq!(cfg.scheme().name(), "DW");
+        }
+        let paper = TrainConfig::preset("paper", DatasetKind::CelebA, "x".into()).unwrap();
+        assert_eq!((paper.width, paper.batch_size, paper.epochs, paper.sgd.lr, paper.beta), (64, 64, 15, 0.001, 0.5));
+        assert_eq!(paper.scheme(), Scheme::Dw { rescale: false });
+        let eq = TrainConfig { variant: Variant::DmmEqAt, ..paper };
+        assert_eq!(eq.scheme(), Scheme::Uw);
+        assert!(TrainConfig::preset("huge", DatasetKind::CelebA, "x".into()).is_err());
+        let lfwa = TrainConfig::preset("mini", DatasetKind::Lfwa, "x".into()).unwrap();
+        assert_eq!(lfwa.eval_split, Split::Train);
+    }
+}

@@ -1,0 +1,34 @@
+//! One pass of the network over an evaluation loader: attribute scores against targets with the
+//! thresholds τ, and landmark predictions against targets (see [`crate::metrics`]).
+
+use candle_core::{Device, Tensor};
+use dmm_data::{Batch, Loader, N_ATTRS};
+use dmm_model::DmmModel;
+
+use crate::metrics::Evaluation;
+use crate::Result;
+
+/// The batch's images as a `[b, 3, h, w]` tensor on `device`.
+pub fn images(batch: &Batch, device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(&batch.images, batch.shape.to_vec(), device)?)
+}
+
+/// Evaluates `model` (eval-mode batch norm) on every batch of `loader`.
+pub fn evaluate(model: &DmmModel, loader: &Loader, tau: &[f64], device: &Device) -> Result<Evaluation> {
+    let mut eval = Evaluation::default();
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let out = model.forward_t(&images(&batch, device)?, false)?;
+        let scores = out.attributes.flatten_all()?.to_vec1::<f32>()?;
+        debug_assert_eq!(scores.len(), batch.len() * N_ATTRS);
+        eval.add_attributes(&scores, &batch.labels, tau);
+        if let (Some(lm), true) = (out.landmarks, batch.n_points > 0) {
+            if lm.dim(1)? == 2 * batch.n_points {
+                let pred = lm.flatten_all()?.to_vec1::<f32>()?;
+                let [_, _, h, w] = batch.shape;
+                eval.add_landmarks(&pred, &batch.landmarks, &batch.landmark_mask, batch.n_points, (h, w));
+            }
+        }
+    }
+    Ok(eval)
+}

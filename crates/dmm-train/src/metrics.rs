@@ -1,0 +1,194 @@
+//! Evaluation metrics: per-attribute confusion counts (accuracy, balanced accuracy, the FP/FN
+//! counts Eq. 6 needs), per-attribute mean squared error (Eq. 2 on the evaluation set), and the
+//! landmark loss (Eq. 1) and normalized mean error (NME, by inter-ocular distance).
+
+use dmm_data::N_ATTRS;
+
+/// Accumulated results of one pass over an evaluation set.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Evaluation {
+    /// Images evaluated (V).
+    pub n: u64,
+    /// Per-attribute true positives, false positives, true negatives, false negatives.
+    pub tp: Vec<u64>,
+    /// False positives per attribute.
+    pub fp: Vec<u64>,
+    /// True negatives per attribute.
+    pub tn: Vec<u64>,
+    /// False negatives per attribute.
+    pub fn_: Vec<u64>,
+    /// Per-attribute sums of squared errors (divide by `n` for Eq. 2).
+    pub sq_err: Vec<f64>,
+    /// Images with landmarks.
+    pub n_landmarks: u64,
+    /// Sum over those images of ‖ŷ − y‖² in normalized coordinates (Eq. 1 numerator).
+    pub landmark_sq_err: f64,
+    /// Sum over those images of the per-image NME.
+    pub nme_sum: f64,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Self {
+            n: 0,
+            tp: vec![0; N_ATTRS],
+            fp: vec![0; N_ATTRS],
+            tn: vec![0; N_ATTRS],
+            fn_: vec![0; N_ATTRS],
+            sq_err: vec![0.0; N_ATTRS],
+            n_landmarks: 0,
+            landmark_sq_err: 0.0,
+            nme_sum: 0.0,
+        }
+    }
+}
+
+impl Evaluation {
+    /// Adds a batch: `scores` and `targets` are `[b, 40]` row-major, targets ±1, thresholds τ.
+    pub fn add_attributes(&mut self, scores: &[f32], targets: &[f32], tau: &[f64]) {
+        assert_eq!(scores.len(), targets.len());
+        for (s_row, t_row) in scores.chunks_exact(N_ATTRS).zip(targets.chunks_exact(N_ATTRS)) {
+            self.n += 1;
+            for j in 0..N_ATTRS {
+                let (s, t) = (s_row[j] as f64, t_row[j] as f64);
+                self.sq_err[j] += (s - t) * (s - t);
+                let predicted = s > tau[j];
+                match (predicted, t > 0.0) {
+                    (true, true) => self.tp[j] += 1,
+                    (true, false) => self.fp[j] += 1,
+                    (false, false) => self.tn[j] += 1,
+                    (false, true) => self.fn_[j] += 1,
+                }
+            }
+        }
+    }
+
+    /// Adds landmark predictions and targets (`[b, 2T]`, normalized by image width/height) with
+    /// the presence mask; `(h, w)` converts back to pixels for the NME.
+    pub fn add_landmarks(&mut self, pred: &[f32], target: &[f32], mask: &[f32], n_points: usize, (h, w): (usize, usize)) {
+        let d = 2 * n_points;
+        for ((p, t), &m) in pred.chunks_exact(d).zip(target.chunks_exact(d)).zip(mask) {
+            if m == 0.0 {
+                continue;
+            }
+            self.n_landmarks += 1;
+            self.landmark_sq_err += p.iter().zip(t).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+            self.nme_sum += nme(p, t, n_points, (h, w));
+        }
+    }
+
+    /// Per-attribute accuracy.
+    pub fn accuracies(&self) -> Vec<f64> {
+        (0..N_ATTRS).map(|j| (self.tp[j] + self.tn[j]) as f64 / self.n.max(1) as f64).collect()
+    }
+
+    /// Per-attribute balanced accuracy ½(TPR + TNR); the recall of the one class present when the
+    /// other is absent.
+    pub fn balanced_accuracies(&self) -> Vec<f64> {
+        (0..N_ATTRS)
+            .map(|j| {
+                let (pos, neg) = (self.tp[j] + self.fn_[j], self.tn[j] + self.fp[j]);
+                let tpr = (pos > 0).then(|| self.tp[j] as f64 / pos as f64);
+                let tnr = (neg > 0).then(|| self.tn[j] as f64 / neg as f64);
+                match (tpr, tnr) {
+                    (Some(a), Some(b)) => (a + b) / 2.0,
+                    (Some(a), None) | (None, Some(a)) => a,
+                    (None, None) => 0.0,
+                }
+            })
+            .collect()
+    }
+
+    /// Per-attribute MSE (Eq. 2 over the evaluation set).
+    pub fn attribute_losses(&self) -> Vec<f64> {
+        self.sq_err.iter().map(|s| s / self.n.max(1) as f64).collect()
+    }
+
+    /// Mean over attributes of the per-attribute MSE (what the LR schedule watches).
+    pub fn mean_attribute_loss(&self) -> f64 {
+        self.attribute_losses().iter().sum::<f64>() / N_ATTRS as f64
+    }
+
+    /// Eq. 1 over the images with landmarks (`None` when none had any).
+    pub fn landmark_loss(&self) -> Option<f64> {
+        (self.n_landmarks > 0).then(|| self.landmark_sq_err / self.n_landmarks as f64)
+    }
+
+    /// Mean NME over images with landmarks.
+    pub fn nme(&self) -> Option<f64> {
+        (self.n_landmarks > 0).then(|| self.nme_sum / self.n_landmarks as f64)
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+/// Mean of a per-attribute vector.
+pub fn mean_of(xs: &[f64]) -> f64 {
+    mean(xs)
+}
+
+/// Normalized mean error of one face: mean point-to-point distance in pixels divided by the
+/// inter-ocular distance (outer eye corners 36 and 45 for 68 points, the eye centres 0 and 1 for
+/// CelebA's 5), or by the diagonal of the ground-truth bounding box for other layouts.
+pub fn nme(pred: &[f32], target: &[f32], n_points: usize, (h, w): (usize, usize)) -> f64 {
+    let px = |v: &[f32], i: usize| (v[2 * i] as f64 * w as f64, v[2 * i + 1] as f64 * h as f64);
+    let dist = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    let err = (0..n_points).map(|i| dist(px(pred, i), px(target, i))).sum::<f64>() / n_points as f64;
+    let norm = match n_points {
+        68 => dist(px(target, 36), px(target, 45)),
+        5 => dist(px(target, 0), px(target, 1)),
+        _ => {
+            let xs: Vec<f64> = (0..n_points).map(|i| px(target, i).0).collect();
+            let ys: Vec<f64> = (0..n_points).map(|i| px(target, i).1).collect();
+            let span = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min);
+            (span(&xs).powi(2) + span(&ys).powi(2)).sqrt()
+        }
+    };
+    if norm > 0.0 { err / norm } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_counts_and_accuracies_by_hand() {
+        let mut e = Evaluation::default();
+        let mut tau = vec![0.0; N_ATTRS];
+        tau[1] = 0.5;
+        // Four images; attribute 0 targets + + − −, scores 0.9 −0.2 0.1 −0.7 → TP FN FP TN.
+        // Attribute 1 targets + − − −, scores 0.4 0.6 −1 −1 with τ = 0.5 → FN FP TN TN.
+        let rows = [(0.9, 1.0, 0.4, 1.0), (-0.2, 1.0, 0.6, -1.0), (0.1, -1.0, -1.0, -1.0), (-0.7, -1.0, -1.0, -1.0)];
+        for (s0, t0, s1, t1) in rows {
+            let mut s = vec![-1.0f32; N_ATTRS];
+            let mut t = vec![-1.0f32; N_ATTRS];
+            (s[0], t[0], s[1], t[1]) = (s0, t0, s1, t1);
+            e.add_attributes(&s, &t, &tau);
+        }
+        assert_eq!((e.tp[0], e.fn_[0], e.fp[0], e.tn[0]), (1, 1, 1, 1));
+        assert_eq!((e.tp[1], e.fn_[1], e.fp[1], e.tn[1]), (0, 1, 1, 2));
+        assert_eq!(e.accuracies()[..2], [0.5, 0.5]);
+        // Attribute 1: TPR 0/1, TNR 2/3 → 1/3.
+        assert!((e.balanced_accuracies()[1] - 1.0 / 3.0).abs() < 1e-12);
+        // Attribute 2: all negative and predicted negative → accuracy 1, balanced = TNR = 1.
+        assert_eq!((e.accuracies()[2], e.balanced_accuracies()[2]), (1.0, 1.0));
+        // MSE of attribute 0: (0.01 + 1.44 + 1.21 + 0.09) / 4.
+        assert!((e.attribute_losses()[0] - 2.75 / 4.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nme_by_hand() {
+        // Five points; eyes at (0.2, 0.5) and (0.6, 0.5) of a 100×100 image: 40 px apart. Every
+        // prediction off by 4 px in x → NME 0.1.
+        let t = [0.2f32, 0.5, 0.6, 0.5, 0.4, 0.6, 0.3, 0.8, 0.5, 0.8];
+        let p: Vec<f32> = t.chunks(2).flat_map(|q| [q[0] + 0.04, q[1]]).collect();
+        assert!((nme(&p, &t, 5, (100, 100)) - 0.1).abs() < 1e-6);
+        let mut e = Evaluation::default();
+        e.add_landmarks(&[p.clone(), p].concat(), &[t, t].concat(), &[1.0, 0.0], 5, (100, 100));
+        assert_eq!(e.n_landmarks, 1);
+        assert!((e.nme().unwrap() - 0.1).abs() < 1e-6);
+        assert!((e.landmark_loss().unwrap() - 5.0 * 0.0016).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,439 @@
+//! Algorithm 1 of the paper: SGD on the joint loss (Eq. 3), and every P iterations a pass over the
+//! whole evaluation set that updates the thresholds (Eq. 6), the loss weights (Eq. 4 or the chosen
+//! scheme) and the learning-rate schedule, logs a record, and checkpoints.
+//!
+//! Resuming: the checkpoint written after each evaluation holds the model, the optimizer buffers
+//! and [`TrainState`]; the loader's order and flips depend only on `(seed, epoch, sample)`, so a
+//! resumed run replays exactly the batches an uninterrupted run would, and ends with the same
+//! weights (tested on the smoke preset).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use dmm_data::{Dataset, Loader, LoaderConfig, Split, Transform, N_ATTRS};
+use dmm_model::checkpoint::{self, CheckpointMeta};
+use dmm_model::weights::load_trunk;
+use dmm_model::{DmmModel, ModelConfig};
+use dmm_policy::{AdaptiveThresholds, Plateau, WeightScheme, Weighting};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::TrainConfig;
+use crate::evaluate::{evaluate, images};
+use crate::metrics::{mean_of, Evaluation};
+use crate::optim::Sgd;
+use crate::run::{append_line, truncate_records, write_atomic, RunDir};
+use crate::{Error, Result};
+
+/// Metadata key of the training state in `last.safetensors`.
+const STATE_KEY: &str = "dmm_train";
+
+/// Everything besides weights and optimizer buffers that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// The next iteration to run (0-based).
+    pub iteration: u64,
+    /// Evaluations done so far (t of Algorithm 1).
+    pub evaluations: u64,
+    /// Loss weights and their scheme's state.
+    pub weighting: Weighting,
+    /// Thresholds τ.
+    pub thresholds: AdaptiveThresholds,
+    /// The learning-rate schedule.
+    pub plateau: Plateau,
+    /// Best evaluation mean accuracy so far.
+    pub best_accuracy: Option<f64>,
+    /// Sum and count of training joint losses since the last evaluation (for the next record).
+    pub train_loss_sum: f64,
+    /// Batches in `train_loss_sum`.
+    pub train_batches: u64,
+    /// True once the final evaluation is written.
+    pub finished: bool,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Iterations done when the evaluation ran.
+    pub iteration: u64,
+    /// 1-based epoch of that iteration (l of Eq. 6).
+    pub epoch: u64,
+    /// Learning rate after the schedule's update.
+    pub lr: f64,
+    /// Mean joint training loss since the previous evaluation (`None` at iteration 0).
+    pub train_loss: Option<f64>,
+    /// The split evaluated.
+    pub split: Split,
+    /// Images evaluated (V).
+    pub n_eval: u64,
+    /// Mean over attributes of the per-attribute MSE.
+    pub loss: f64,
+    /// Per-attribute MSE (Eq. 2), CelebA order.
+    pub attribute_losses: Vec<f64>,
+    /// Landmark MSE (Eq. 1), when the set has landmarks and the variant predicts them.
+    pub landmark_loss: Option<f64>,
+    /// Landmark NME (inter-ocular).
+    pub nme: Option<f64>,
+    /// Mean accuracy with the thresholds `tau_used`.
+    pub mean_accuracy: f64,
+    /// Mean balanced accuracy.
+    pub mean_balanced_accuracy: f64,
+    /// Per-attribute accuracy.
+    pub accuracies: Vec<f64>,
+    /// Per-attribute balanced accuracy.
+    pub balanced_accuracies: Vec<f64>,
+    /// Thresholds the accuracies were measured with.
+    pub tau_used: Vec<f64>,
+    /// λ after this evaluation's update (in force until the next).
+    pub lambda: Vec<f64>,
+    /// τ after this evaluation's update (in force until the next).
+    pub tau: Vec<f64>,
+    /// Whether this is the final evaluation of the run.
+    pub last: bool,
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Training finished (now or in an earlier call); the best evaluation mean accuracy.
+    Finished {
+        /// Best evaluation mean accuracy.
+        best_accuracy: f64,
+    },
+    /// Stopped after the checkpoint at this iteration because `stop_after` was reached.
+    Stopped {
+        /// Iterations done.
+        iteration: u64,
+    },
+}
+
+/// Options that do not change the result.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue the run in the directory instead of starting one.
+    pub resume: bool,
+    /// One log line per evaluation instead of a progress bar.
+    pub quiet: bool,
+    /// Stop after the first checkpoint at or past this iteration (as an interruption would).
+    pub stop_after: Option<u64>,
+    /// Hugging Face cache only, for hf:// backbones.
+    pub offline: bool,
+}
+
+/// Trains per `config` in `run`; see the module docs.
+pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Result<Outcome> {
+    config.validate()?;
+    let device = Device::Cpu;
+    prepare_run_dir(config, run, options)?;
+
+    let mut dataset = Dataset::open(config.dataset, &config.root)?;
+    let presence = dataset.retain_present(false)?;
+    let n_points = dataset.n_points.unwrap_or(68);
+    let has_landmarks = dataset.samples.iter().any(|s| s.landmarks.is_some());
+    let say = |msg: String| eprintln!("{msg}");
+    if !presence.missing.is_empty() {
+        say(format!("note: {} listed images are not on disk and are skipped", presence.missing.len()));
+    }
+    if config.variant.uses_landmarks() && !has_landmarks {
+        say(format!(
+            "note: {} has no landmarks.csv; the landmark head of {} is not trained (run `dmm landmarks`)",
+            config.root.display(),
+            config.variant
+        ));
+    }
+    let transform = Transform { size: config.input_size, ..Default::default() };
+    cap_split(&mut dataset, Split::Train, config.max_train);
+    if config.eval_split != Split::Train {
+        cap_split(&mut dataset, config.eval_split, config.max_eval);
+    }
+    let train_loader = Loader::new(
+        &dataset,
+        Split::Train,
+        LoaderConfig { transform, random_flip: has_landmarks_flippable(&dataset), ..LoaderConfig::train(config.batch_size, config.seed) },
+    )?;
+    let mut eval_set = dataset.clone();
+    if config.eval_split == Split::Train {
+        cap_split(&mut eval_set, Split::Train, config.max_eval);
+    }
+    let eval_loader = Loader::new(&eval_set, config.eval_split, LoaderConfig { transform, ..LoaderConfig::eval(config.batch_size) })?;
+
+    let model_config = ModelConfig { variant: config.variant, width: config.width, n_points, groups: Default::default() };
+    let (model, varmap) = DmmModel::fresh(&model_config, &device)?;
+    let mut sgd = Sgd::new(&varmap, config.sgd);
+    let mut meta = CheckpointMeta::new(model_config.clone());
+    meta.input_size = config.input_size;
+
+    let mut state = if options.resume && run.last().exists() {
+        let ckpt = checkpoint::load(&run.last(), &device)?;
+        copy_vars(&ckpt.varmap, &varmap)?;
+        sgd.load_state(&checkpoint::read_extra(&run.last(), &device)?);
+        let json = checkpoint::read_metadata_entry(&run.last(), STATE_KEY)?
+            .ok_or_else(|| Error::Run { path: run.last(), msg: "no training state: not a resume point".into() })?;
+        let state: TrainState = serde_json::from_str(&json).map_err(|e| Error::Run { path: run.last(), msg: format!("bad training state: {e}") })?;
+        truncate_records(&run.metrics(), state.iteration)?;
+        if state.finished {
+            return Ok(Outcome::Finished { best_accuracy: state.best_accuracy.unwrap_or(0.0) });
+        }
+        say(format!("resuming {} at iteration {}", run.path.display(), state.iteration));
+        state
+    } else {
+        dmm_model::init::seeded(&varmap, config.seed)?;
+        if let Some(init) = &config.init {
+            let ckpt = checkpoint::load(init, &device)?;
+            copy_vars(&ckpt.varmap, &varmap)?;
+        } else if let Some(backbone) = &config.backbone {
+            let source: dmm_model::WeightSource = backbone.parse()?;
+            let path = source.resolve(options.offline, None)?;
+            let report = load_trunk(&varmap, &path)?;
+            say(format!("loaded {} trunk tensors from {}", report.loaded, path.display()));
+        }
+        TrainState {
+            iteration: 0,
+            evaluations: 0,
+            weighting: Weighting::new(config.scheme(), N_ATTRS),
+            thresholds: AdaptiveThresholds::new(N_ATTRS, config.gamma),
+            plateau: Plateau::new(config.sgd.lr, config.plateau_patience),
+            best_accuracy: None,
+            train_loss_sum: 0.0,
+            train_batches: 0,
+            finished: false,
+        }
+    };
+
+    let per_epoch = train_loader.n_batches() as u64;
+    let total = per_epoch * config.epochs as u64;
+    let bar = progress(total, state.iteration, options.quiet);
+    let started = Instant::now();
+    let mut trained_images = 0u64;
+    let mut resumed_at = Some(state.iteration).filter(|&it| it > 0);
+
+    while state.iteration < total {
+        let epoch = state.iteration / per_epoch;
+        let first = (state.iteration % per_epoch) as usize;
+        for batch in train_loader.epoch_from(epoch, first) {
+            if state.iteration % config.eval_every as u64 == 0 && resumed_at.take() != Some(state.iteration) {
+                let record = evaluation_step(config, &model, &eval_loader, &mut state, epoch + 1, false, &device)?;
+                finish_evaluation(config, run, &varmap, &sgd, &mut meta, &mut state, &record, &bar, options.quiet)?;
+                if options.stop_after.is_some_and(|s| state.iteration >= s) {
+                    bar.finish_and_clear();
+                    return Ok(Outcome::Stopped { iteration: state.iteration });
+                }
+            }
+            resumed_at = None;
+            let batch = batch?;
+            let loss = train_step(config, &model, &mut sgd, &mut state, &batch, &device)?;
+            if state.weighting.needs_validation_batch() {
+                aw_batch(config, &model, &eval_loader, &mut state, &device)?;
+            }
+            trained_images += batch.len() as u64;
+            state.iteration += 1;
+            bar.inc(1);
+            let rate = trained_images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {loss:.4}  lr {:.1e}  {rate:.1} img/s", state.plateau.lr));
+        }
+        state.weighting.on_epoch_end();
+    }
+    let record = evaluation_step(config, &model, &eval_loader, &mut state, config.epochs as u64, true, &device)?;
+    state.finished = true;
+    finish_evaluation(config, run, &varmap, &sgd, &mut meta, &mut state, &record, &bar, options.quiet)?;
+    bar.finish_and_clear();
+    Ok(Outcome::Finished { best_accuracy: state.best_accuracy.unwrap_or(record.mean_accuracy) })
+}
+
+/// Random flips are safe unless landmarks have no known mirror map.
+fn has_landmarks_flippable(ds: &Dataset) -> bool {
+    ds.n_points.is_none_or(|n| dmm_data::pipeline::flip_permutation(n).is_some())
+}
+
+/// Keeps at most `cap` samples of `split` (the first in list order).
+fn cap_split(ds: &mut Dataset, split: Split, cap: Option<usize>) {
+    let Some(cap) = cap else { return };
+    let mut kept = 0;
+    ds.samples.retain(|s| {
+        if s.split != split {
+            return true;
+        }
+        kept += 1;
+        kept <= cap
+    });
+}
+
+fn copy_vars(from: &candle_nn::VarMap, to: &candle_nn::VarMap) -> Result<()> {
+    let src = from.data().lock().expect("varmap lock");
+    for (name, var) in to.data().lock().expect("varmap lock").iter() {
+        let t = src.get(name).ok_or_else(|| Error::Config(format!("initial checkpoint lacks {name} (another variant or width?)")))?;
+        if t.dims() != var.dims() {
+            return Err(Error::Config(format!("initial checkpoint's {name} is {:?}, expected {:?}", t.dims(), var.dims())));
+        }
+        var.set(t.as_tensor())?;
+    }
+    Ok(())
+}
+
+fn progress(total: u64, done: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} it  {elapsed_precise} eta {eta}  {msg}").expect("valid template"),
+    );
+    bar.set_position(done);
+    bar
+}
+
+/// Forward, joint loss (Eq. 3), backward and an SGD step. Returns the joint loss.
+fn train_step(config: &TrainConfig, model: &DmmModel, sgd: &mut Sgd, state: &mut TrainState, batch: &dmm_data::Batch, device: &Device) -> Result<f64> {
+    let b = batch.len();
+    let out = model.forward_t(&images(batch, device)?, true)?;
+    let targets = Tensor::from_slice(&batch.labels, (b, N_ATTRS), device)?;
+    let per_attr = (out.attributes - targets)?.sqr()?.mean(0)?; // [40], Eq. 2
+    let lambda: Vec<f32> = state.weighting.weights().iter().map(|&x| x as f32).collect();
+    let mut loss = (&per_attr * Tensor::from_vec(lambda, N_ATTRS, device)?)?.sum_all()?;
+    let n_with = batch.landmark_mask.iter().filter(|&&m| m > 0.0).count();
+    if let (Some(lm), true) = (out.landmarks, n_with > 0) {
+        if lm.dim(1)? == 2 * batch.n_points {
+            let target = Tensor::from_slice(&batch.landmarks, (b, 2 * batch.n_points), device)?;
+            let mask = Tensor::from_slice(&batch.landmark_mask, b, device)?;
+            let per_image = (lm - target)?.sqr()?.sum(1)?; // ‖ŷ − y‖², Eq. 1
+            let fld = ((per_image * mask)?.sum_all()? / n_with as f64)?;
+            loss = (loss + (fld * config.beta)?)?;
+        }
+    }
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !value.is_finite() {
+        return Err(Error::Config(format!(
+            "the training loss became {value} at iteration {}; lower the learning rate",
+            state.iteration
+        )));
+    }
+    let grads = loss.backward()?;
+    sgd.step(&grads, state.plateau.lr)?;
+    let per_attr: Vec<f64> = per_attr.to_dtype(DType::F64)?.to_vec1()?;
+    state.weighting.on_train_batch(&per_attr);
+    state.train_loss_sum += value;
+    state.train_batches += 1;
+    Ok(value)
+}
+
+/// AW's per-iteration validation batch: `batch` images chosen by the iteration number.
+fn aw_batch(config: &TrainConfig, model: &DmmModel, eval: &Loader, state: &mut TrainState, device: &Device) -> Result<()> {
+    let dmm_policy::Scheme::Aw { batch, .. } = config.scheme() else { return Ok(()) };
+    let mut rng = dmm_data::SplitMix64::new(config.seed ^ state.iteration.wrapping_mul(0x9E37_79B9));
+    let n = eval.n_samples() as u64;
+    let indices: Vec<usize> = (0..batch.min(eval.n_samples())).map(|_| rng.below(n) as usize).collect();
+    let b = eval.batch_of(&indices)?;
+    let out = model.forward_t(&images(&b, device)?, false)?;
+    let targets = Tensor::from_slice(&b.labels, (b.len(), N_ATTRS), device)?;
+    let losses: Vec<f64> = (out.attributes - targets)?.sqr()?.mean(0)?.to_dtype(DType::F64)?.to_vec1()?;
+    state.weighting.on_validation_batch(&losses);
+    Ok(())
+}
+
+/// Evaluates, then (unless `last`) updates τ (Eq. 6), λ and the schedule; returns the record.
+fn evaluation_step(config: &TrainConfig, model: &DmmModel, eval_loader: &Loader, state: &mut TrainState, epoch: u64, last: bool, device: &Device) -> Result<Record> {
+    let tau_used = state.thresholds.tau.clone();
+    let ev: Evaluation = evaluate(model, eval_loader, &tau_used, device)?;
+    let losses = ev.attribute_losses();
+    if !last {
+        if config.variant.uses_adaptive_thresholds() {
+            state.thresholds.update(&ev.fp, &ev.fn_, ev.n, epoch);
+        }
+        state.weighting.on_evaluation(&losses);
+        state.plateau.step(ev.mean_attribute_loss());
+    }
+    state.evaluations += 1;
+    let accuracies = ev.accuracies();
+    let balanced = ev.balanced_accuracies();
+    let train_loss = (state.train_batches > 0).then(|| state.train_loss_sum / state.train_batches as f64);
+    state.train_loss_sum = 0.0;
+    state.train_batches = 0;
+    Ok(Record {
+        iteration: state.iteration,
+        epoch,
+        lr: state.plateau.lr,
+        train_loss,
+        split: config.eval_split,
+        n_eval: ev.n,
+        loss: ev.mean_attribute_loss(),
+        attribute_losses: losses,
+        landmark_loss: ev.landmark_loss(),
+        nme: ev.nme(),
+        mean_accuracy: mean_of(&accuracies),
+        mean_balanced_accuracy: mean_of(&balanced),
+        accuracies,
+        balanced_accuracies: balanced,
+        tau_used,
+        lambda: state.weighting.weights().to_vec(),
+        tau: state.thresholds.tau.clone(),
+        last,
+    })
+}
+
+/// Logs the record, keeps the best model, and writes the resume point.
+#[allow(clippy::too_many_arguments)]
+fn finish_evaluation(
+    config: &TrainConfig,
+    run: &RunDir,
+    varmap: &candle_nn::VarMap,
+    sgd: &Sgd,
+    meta: &mut CheckpointMeta,
+    state: &mut TrainState,
+    record: &Record,
+    bar: &ProgressBar,
+    quiet: bool,
+) -> Result<()> {
+    let line = serde_json::to_string(record).expect("records serialize");
+    append_line(&run.metrics(), &line)?;
+    let improved = state.best_accuracy.is_none_or(|b| record.mean_accuracy > b);
+    if improved {
+        state.best_accuracy = Some(record.mean_accuracy);
+        meta.thresholds = record.tau_used.iter().map(|&t| t as f32).collect();
+        checkpoint::save(&run.best(), varmap, meta)?;
+    }
+    meta.thresholds = state.thresholds.tau.iter().map(|&t| t as f32).collect();
+    let state_json = serde_json::to_string(state).expect("state serializes");
+    checkpoint::save_with_extra(&run.last(), varmap, meta, sgd.state(), HashMap::from([(STATE_KEY.to_string(), state_json)]))?;
+    let msg = format!(
+        "eval @ it {:>6} (epoch {}): {} loss {:.4}  mean acc {:.4}  balanced {:.4}{}{}",
+        record.iteration,
+        record.epoch,
+        config.eval_split,
+        record.loss,
+        record.mean_accuracy,
+        record.mean_balanced_accuracy,
+        record.nme.map(|n| format!("  NME {n:.4}")).unwrap_or_default(),
+        if improved { "  (best)" } else { "" }
+    );
+    if quiet {
+        eprintln!("{msg}");
+    } else {
+        bar.println(msg);
+    }
+    Ok(())
+}
+
+/// Creates the run directory and `config.json`, or checks that a resumed run has the same config.
+fn prepare_run_dir(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Result<()> {
+    let config_json = serde_json::to_string_pretty(config).expect("config serializes");
+    if run.last().exists() {
+        if !options.resume {
+            return Err(Error::Run {
+                path: run.path.clone(),
+                msg: "already holds a run; pass --resume to continue it or choose another --out".into(),
+            });
+        }
+        let stored = std::fs::read_to_string(run.config()).map_err(|e| Error::Io { path: run.config(), cause: e })?;
+        let stored: TrainConfig = serde_json::from_str(&stored).map_err(|e| Error::Run { path: run.config(), msg: format!("unreadable: {e}") })?;
+        if &stored != config {
+            return Err(Error::Run {
+                path: run.config(),
+                msg: "differs from this command's configuration; resume with the same flags".into(),
+            });
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&run.path).map_err(|e| Error::Io { path: run.path.clone(), cause: e })?;
+    // A fresh start: forget records of an earlier attempt that never reached a checkpoint.
+    let _ = std::fs::remove_file(run.metrics());
+    write_atomic(&run.config(), config_json.as_bytes())
+}
