@@ -97,7 +97,6 @@ impl TrainConfig {
                 batch_size: 8,
                 epochs: 1,
                 eval_every: 3,
-                sgd: SgdConfig { lr: 0.01, ..SgdConfig::paper() },
                 max_train: Some(48),
                 max_eval: Some(16),
                 rescale_dw: true,

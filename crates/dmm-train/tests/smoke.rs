@@ -1,0 +1,85 @@
+//! The smoke preset end to end on the bundled sample: records with 40 λ and 40 τ, checkpoints
+//! that load, and a run interrupted after its first checkpoint and resumed that ends bit-for-bit
+//! where an uninterrupted run ends.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use dmm_data::DatasetKind;
+use dmm_train::{train, Outcome, Record, RunDir, TrainConfig, TrainOptions};
+
+fn smoke() -> TrainConfig {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/celeba");
+    TrainConfig::preset("smoke", DatasetKind::CelebA, root).unwrap()
+}
+
+fn records(run: &RunDir) -> Vec<Record> {
+    std::fs::read_to_string(run.metrics()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn tensors(path: PathBuf) -> Vec<(String, Vec<f32>)> {
+    let mut v: Vec<_> = dmm_model::weights::read_safetensors(&path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn smoke_writes_records_and_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path().join("run"));
+    let quiet = TrainOptions { quiet: true, ..Default::default() };
+    let outcome = train(&smoke(), &run, &quiet).unwrap();
+    assert!(matches!(outcome, Outcome::Finished { .. }));
+    let recs = records(&run);
+    assert_eq!(recs.iter().map(|r| r.iteration).collect::<Vec<_>>(), [0, 3, 6]);
+    assert!(recs.iter().all(|r| r.lambda.len() == 40 && r.tau.len() == 40 && r.n_eval == 16));
+    assert!(recs.last().unwrap().last);
+    // DW: λ = 1 after one evaluation, Eq. 4 (rescaled to sum to 40) after two.
+    assert!(recs[0].lambda.iter().all(|&l| l == 1.0));
+    assert!((recs[1].lambda.iter().sum::<f64>() - 40.0).abs() < 1e-9);
+    // Eq. 6 at epoch 1 over V = 16: each τ step is a multiple of 0.01/16.
+    let step = 0.01 / 16.0;
+    assert!(recs[0].tau.iter().all(|t| ((t / step).round() * step - t).abs() < 1e-12));
+    let ckpt = dmm_model::checkpoint::load(&run.best(), &Device::Cpu).unwrap();
+    assert_eq!(ckpt.meta.model.width, 2);
+    // A second start into the same directory without --resume is refused.
+    let err = train(&smoke(), &run, &quiet).unwrap_err().to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+}
+
+#[test]
+fn resume_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = smoke();
+    let straight = RunDir::new(dir.path().join("straight"));
+    train(&cfg, &straight, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+
+    let resumed = RunDir::new(dir.path().join("resumed"));
+    let stop = TrainOptions { quiet: true, stop_after: Some(3), ..Default::default() };
+    assert_eq!(train(&cfg, &resumed, &stop).unwrap(), Outcome::Stopped { iteration: 3 });
+    assert_eq!(records(&resumed).len(), 2);
+    let again = TrainOptions { quiet: true, resume: true, ..Default::default() };
+    assert!(matches!(train(&cfg, &resumed, &again).unwrap(), Outcome::Finished { .. }));
+
+    assert_eq!(records(&resumed), records(&straight));
+    assert_eq!(tensors(resumed.last()), tensors(straight.last()));
+    assert_eq!(tensors(resumed.best()), tensors(straight.best()));
+    // Resuming a finished run is a no-op.
+    assert!(matches!(train(&cfg, &resumed, &again).unwrap(), Outcome::Finished { .. }));
+    assert_eq!(records(&resumed).len(), 3);
+}
+
+#[test]
+fn resume_with_other_flags_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path().join("run"));
+    let cfg = smoke();
+    train(&cfg, &run, &TrainOptions { quiet: true, stop_after: Some(0), ..Default::default() }).unwrap();
+    let other = TrainConfig { epochs: 2, ..cfg };
+    let err = train(&other, &run, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("config.json: differs"), "{err}");
+}
