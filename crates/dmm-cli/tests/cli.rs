@@ -189,3 +189,32 @@ fn forward_errors_are_one_line() {
     assert!(line.contains("hf://nobody/nothing/model.safetensors") && line.contains("offline"), "{line}");
     assert!(!Path::new(out).exists(), "nothing written on failure");
 }
+
+#[test]
+fn train_smoke_then_eval_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let root = repo().join("data/celeba");
+    let run = dmm(&["train", "--dataset", "celeba", "--root", root.to_str().unwrap(), "--preset", "smoke", "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).starts_with("finished: best val mean accuracy"));
+    let model = out.join("model.safetensors");
+    let ev = dmm(&["eval", "--model", model.to_str().unwrap(), "--dataset", "celeba", "--root", root.to_str().unwrap(), "--split", "test", "--json"]);
+    assert!(ev.status.success(), "{}", String::from_utf8_lossy(&ev.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(v["images"], 60);
+    let attrs = v["attributes"].as_array().unwrap();
+    assert_eq!(attrs.len(), 40);
+    assert_eq!(attrs[39]["name"], "Young");
+    for key in ["accuracy", "balanced_accuracy", "threshold"] {
+        assert!(attrs.iter().all(|a| a[key].is_f64()), "{key}");
+    }
+    let mean = attrs.iter().map(|a| a["accuracy"].as_f64().unwrap()).sum::<f64>() / 40.0;
+    assert!((v["mean_accuracy"].as_f64().unwrap() - mean).abs() < 1e-12);
+
+    // Bad flags are one readable line each.
+    let line = one_error(&["train", "--dataset", "celeba", "--root", root.to_str().unwrap(), "--preset", "smoke", "--variant", "dmm", "--out", dir.path().join("x").to_str().unwrap()]);
+    assert!(line.contains("unknown variant `dmm`"), "{line}");
+    let line = one_error(&["train", "--dataset", "celeba", "--root", root.to_str().unwrap(), "--preset", "smoke", "--out", out.to_str().unwrap()]);
+    assert!(line.contains("already holds a run; pass --resume"), "{line}");
+}

@@ -109,7 +109,6 @@ impl TrainConfig {
                 batch_size: 16,
                 epochs: 12,
                 eval_every: 18,
-                sgd: SgdConfig { lr: 0.02, ..SgdConfig::paper() },
                 plateau_patience: 2,
                 rescale_dw: true,
                 ..base
@@ -120,8 +119,7 @@ impl TrainConfig {
                 input_size: Some((112, 92)),
                 batch_size: 32,
                 epochs: 3,
-                eval_every: 94,
-                sgd: SgdConfig { lr: 0.02, ..SgdConfig::paper() },
+                eval_every: 141,
                 rescale_dw: true,
                 ..base
             },

@@ -43,9 +43,11 @@ impl Sgd {
         let SgdConfig { momentum, weight_decay, .. } = self.config;
         for (name, var) in &self.params {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let mut g = grad.clone();
+            // Detached: a buffer that kept its autograd history would chain every step's graph to
+            // the previous one and grow without bound.
+            let mut g = grad.detach();
             if weight_decay != 0.0 {
-                g = (g + (var.as_tensor() * weight_decay)?)?;
+                g = (g + (var.as_tensor().detach() * weight_decay)?)?;
             }
             if momentum != 0.0 {
                 g = match self.velocity.get(name) {
@@ -54,7 +56,7 @@ impl Sgd {
                 };
                 self.velocity.insert(name.clone(), g.clone());
             }
-            var.set(&(var.as_tensor() - (g * lr)?)?)?;
+            var.set(&(var.as_tensor().detach() - (g * lr)?)?)?;
         }
         Ok(())
     }

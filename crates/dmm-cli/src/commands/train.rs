@@ -78,6 +78,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let tau: Vec<f64> = ckpt.meta.thresholds.iter().map(|&t| t as f64).collect();
     let ev = dmm_train::evaluate::evaluate(&ckpt.model, &loader, &tau, &device)?;
     let (acc, bal) = (ev.accuracies(), ev.balanced_accuracies());
+    let majority = majority_accuracy(&ds, split);
     if args.json {
         let attributes: Vec<_> = CELEBA_ATTRIBUTES
             .iter()
@@ -87,7 +88,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let out = json!({
             "model": args.model, "dataset": kind.as_str(), "split": split, "images": ev.n,
             "mean_accuracy": mean_of(&acc), "mean_balanced_accuracy": mean_of(&bal),
-            "nme": ev.nme(), "attributes": attributes,
+            "nme": ev.nme(), "majority_accuracy": majority, "attributes": attributes,
         });
         return crate::output::print(&(serde_json::to_string_pretty(&out)? + "\n"));
     }
@@ -98,8 +99,27 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         writeln!(t, "{name:<20} {:>9.4} {:>9.4} {:>9.4}", acc[j], bal[j], tau[j])?;
     }
     writeln!(t, "{:<20} {:>9.4} {:>9.4}", "mean", mean_of(&acc), mean_of(&bal))?;
+    if let Some(m) = majority {
+        writeln!(t, "{:<20} {m:>9.4}   (always the training set's majority label)", "majority baseline")?;
+    }
     if let Some(nme) = ev.nme() {
         writeln!(t, "landmark NME {nme:.4}")?;
     }
     crate::output::print(&t)
+}
+
+/// Mean accuracy on `split` of always predicting each attribute's majority label in the training
+/// split (`None` when the dataset has no training images on disk).
+fn majority_accuracy(ds: &Dataset, split: Split) -> Option<f64> {
+    let train: Vec<_> = ds.split(Split::Train).collect();
+    let eval: Vec<_> = ds.split(split).collect();
+    if train.is_empty() || eval.is_empty() {
+        return None;
+    }
+    let per_attr = (0..dmm_data::N_ATTRS).map(|j| {
+        let positive_majority = 2 * train.iter().filter(|s| s.labels[j] > 0).count() > train.len();
+        let majority_label = if positive_majority { 1 } else { -1 };
+        eval.iter().filter(|s| s.labels[j] == majority_label).count() as f64 / eval.len() as f64
+    });
+    Some(per_attr.sum::<f64>() / dmm_data::N_ATTRS as f64)
 }
