@@ -20,6 +20,11 @@ pub enum Command {
     /// (best model by evaluation mean accuracy). Ctrl-C loses at most the work since the last
     /// evaluation; --resume continues to the same result as an uninterrupted run.
     Train(TrainArgs),
+    /// Compute dlib's 68 facial landmarks (HOG detector, upsample 1, largest face) for images into
+    /// the landmark CSV that training reads (put it at DATASET_ROOT/landmarks.csv, or pass
+    /// --landmarks to dmm train). Parallel, resumable (images already in the CSV or in
+    /// FILE.csv.noface are skipped) and written atomically. Needs dmm built with --features dlib.
+    Landmarks(LandmarksArgs),
     /// Evaluate a trained model on a split: per-attribute and mean accuracy and balanced accuracy,
     /// with the model's adaptive thresholds.
     Eval(EvalArgs),
@@ -143,6 +148,9 @@ pub struct TrainArgs {
     /// Run directory (created; must not hold another run unless --resume).
     #[arg(long, value_name = "RUN_DIR")]
     pub out: PathBuf,
+    /// Landmark CSV to train the landmark head on (default: ROOT/landmarks.csv if present).
+    #[arg(long, value_name = "FILE.csv")]
+    pub landmarks: Option<PathBuf>,
     /// ImageNet trunk weights to start from: a safetensors file or hf://owner/name[@rev][/file]
     /// (torchvision/timm names, e.g. hf://timm/resnet50.a1_in1k at width 64).
     #[arg(long, value_name = "FILE|hf://…")]
@@ -217,4 +225,20 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LandmarksArgs {
+    /// Image folders (keys are paths relative to the folder, e.g. img_align_celeba or lfw) or files.
+    #[arg(long, num_args = 1.., required = true, value_name = "DIR|FILE")]
+    pub images: Vec<PathBuf>,
+    /// The landmark CSV to create or extend.
+    #[arg(long, value_name = "FILE.csv")]
+    pub out: PathBuf,
+    /// Worker threads (each loads its own 100 MB model).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// dlib's 68-point shape predictor.
+    #[arg(long, value_name = "FILE", default_value = dmm_landmarks::DEFAULT_PREDICTOR)]
+    pub predictor: PathBuf,
 }

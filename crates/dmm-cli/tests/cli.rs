@@ -218,3 +218,33 @@ fn train_smoke_then_eval_json() {
     let line = one_error(&["train", "--dataset", "celeba", "--root", root.to_str().unwrap(), "--preset", "smoke", "--out", out.to_str().unwrap()]);
     assert!(line.contains("already holds a run; pass --resume"), "{line}");
 }
+
+#[cfg(feature = "dlib")]
+#[test]
+fn landmarks_on_fixture_images_resume_and_report_no_face() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("imgs");
+    std::fs::create_dir(&images).unwrap();
+    let fixtures = repo().join("crates/dmm-landmarks/tests/fixtures");
+    for name in ["000130.png", "002487.png"] {
+        std::fs::copy(fixtures.join(name), images.join(name)).unwrap();
+    }
+    let csv = dir.path().join("lm.csv");
+    let args = ["landmarks", "--images", images.to_str().unwrap(), "--out", csv.to_str().unwrap(), "--jobs", "1"];
+    let out = dmm(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("2 images: 0 already done, 1 with landmarks, 1 without a face"), "{text}");
+    let table = dmm_data::LandmarkTable::read(&csv).unwrap();
+    let reference = dmm_data::LandmarkTable::read(&fixtures.join("python_dlib.csv")).unwrap();
+    assert_eq!(table.get("000130.png"), reference.get("000130.png"));
+    let again = dmm(&args);
+    assert!(String::from_utf8_lossy(&again.stdout).starts_with("2 images: 2 already done, 0 with landmarks"));
+}
+
+#[cfg(not(feature = "dlib"))]
+#[test]
+fn landmarks_without_dlib_says_how_to_get_it() {
+    let line = one_error(&["landmarks", "--images", "data", "--out", "x.csv"]);
+    assert!(line.contains("built without dlib") && line.contains("--features dmm-cli/dlib"), "{line}");
+}

@@ -13,10 +13,11 @@
 
 #[cfg(feature = "dlib")]
 mod dlib;
-mod precompute;
+
 
 #[cfg(feature = "dlib")]
 pub use dlib::Dlib;
+pub mod precompute;
 pub use precompute::{collect_images, precompute, Options, Summary};
 
 use std::path::PathBuf;

@@ -51,6 +51,8 @@ pub struct TrainConfig {
     pub max_eval: Option<usize>,
     /// The split the τ/λ evaluations run on: `val` for CelebA; LFWA has none, so `train`.
     pub eval_split: Split,
+    /// Landmark CSV (`None`: `landmarks.csv` in the dataset root, if present).
+    pub landmarks: Option<PathBuf>,
     /// ImageNet trunk weights (file or hf://…) to start from.
     pub backbone: Option<String>,
     /// A dmm checkpoint to start from (fine-tuning, e.g. LFWA from CelebA).
@@ -86,6 +88,7 @@ impl TrainConfig {
                 DatasetKind::CelebA => Split::Val,
                 DatasetKind::Lfwa => Split::Train,
             },
+            landmarks: None,
             backbone: None,
             init: None,
         };

@@ -124,13 +124,18 @@ pub struct TrainOptions {
 pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Result<Outcome> {
     config.validate()?;
     let device = Device::Cpu;
+    let say = |msg: String| eprintln!("{msg}");
     prepare_run_dir(config, run, options)?;
 
     let mut dataset = Dataset::open(config.dataset, &config.root)?;
+    if let Some(csv) = &config.landmarks {
+        let table = dmm_data::LandmarkTable::read(csv)?;
+        let n = dataset.attach_landmarks(&table);
+        say(format!("landmarks for {n} of {} listed images from {}", dataset.samples.len(), csv.display()));
+    }
     let presence = dataset.retain_present(false)?;
     let n_points = dataset.n_points.unwrap_or(68);
     let has_landmarks = dataset.samples.iter().any(|s| s.landmarks.is_some());
-    let say = |msg: String| eprintln!("{msg}");
     if !presence.missing.is_empty() {
         say(format!("note: {} listed images are not on disk and are skipped", presence.missing.len()));
     }

@@ -3,3 +3,4 @@
 pub mod dataset;
 pub mod forward;
 pub mod train;
+pub mod landmarks;

@@ -26,6 +26,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = TrainConfig::preset(&args.preset, args.dataset.into(), args.root.clone())?;
     cfg.variant = args.variant.parse().map_err(anyhow::Error::msg)?;
     cfg.backbone = args.backbone;
+    cfg.landmarks = args.landmarks;
     cfg.init = args.init;
     if let Some(w) = args.weighting {
         cfg.weighting = Some(match w {
