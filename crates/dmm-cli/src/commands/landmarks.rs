@@ -7,7 +7,7 @@ use crate::cli::LandmarksArgs;
 #[cfg(not(feature = "dlib"))]
 pub fn run(_args: LandmarksArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!(
-        "this dmm was built without dlib: rebuild with `--features dmm-cli/dlib` \\
+        "this dmm was built without dlib: rebuild with `--features dmm-cli/dlib` \
          (Debian: apt-get install libdlib-dev libdlib-data liblapack-dev libblas-dev)"
     )
 }
