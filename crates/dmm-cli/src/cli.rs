@@ -19,7 +19,7 @@ pub enum Command {
     /// record per evaluation with λ and τ), last.safetensors (resume point) and model.safetensors
     /// (best model by evaluation mean accuracy). Ctrl-C loses at most the work since the last
     /// evaluation; --resume continues to the same result as an uninterrupted run.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Compute dlib's 68 facial landmarks (HOG detector, upsample 1, largest face) for images into
     /// the landmark CSV that training reads (put it at DATASET_ROOT/landmarks.csv, or pass
     /// --landmarks to dmm train). Parallel, resumable (images already in the CSV or in

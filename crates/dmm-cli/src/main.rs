@@ -25,7 +25,7 @@ fn main() -> ExitCode {
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Forward(a) => commands::forward::run(a),
-        cli::Command::Train(a) => commands::train::train(a),
+        cli::Command::Train(a) => commands::train::train(*a),
         cli::Command::Eval(a) => commands::train::eval(a),
         cli::Command::Landmarks(a) => commands::landmarks::run(a),
         cli::Command::Dataset { command } => match command {

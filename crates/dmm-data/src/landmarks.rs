@@ -129,30 +129,20 @@ impl LandmarkTable {
 
     /// Writes the table as CSV, atomically (temporary file in the same folder, then rename).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-        let result = (|| -> std::io::Result<()> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            out.write_all(b"image")?;
-            for i in 0..self.n_points {
-                write!(out, ",x{i},y{i}")?;
+        let mut out = Vec::new();
+        out.extend_from_slice(b"image");
+        for i in 0..self.n_points {
+            let _ = write!(out, ",x{i},y{i}");
+        }
+        out.push(b'\n');
+        for (name, points) in &self.rows {
+            out.extend_from_slice(csv_field(name).as_bytes());
+            for v in points {
+                let _ = write!(out, ",{v}");
             }
-            out.write_all(b"\n")?;
-            for (name, points) in &self.rows {
-                out.write_all(csv_field(name).as_bytes())?;
-                for v in points {
-                    write!(out, ",{v}")?;
-                }
-                out.write_all(b"\n")?;
-            }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        result.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+            out.push(b'\n');
+        }
+        crate::fsutil::write_atomic(path, &out).map_err(|e| Error::io(path, e))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod attrs;
 pub mod celeba;
 mod dataset;
 mod error;
+pub mod fsutil;
 pub mod landmarks;
 pub mod lfwa;
 pub mod loader;

@@ -45,6 +45,9 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+/// One image's result: landmarks, no face, or why it could not be read.
+type Outcome = std::result::Result<Option<Vec<f32>>, String>;
+
 /// The `.noface` list that accompanies a landmark CSV.
 pub fn noface_path(csv: &Path) -> PathBuf {
     let mut name = csv.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -98,10 +101,7 @@ fn read_noface(path: &Path) -> Result<Vec<String>> {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })
+    dmm_data::fsutil::write_atomic(path, text.as_bytes()).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })
 }
 
 /// Runs `detect` (built per worker by `make_detector`) over `images`, merging into the CSV at
@@ -133,7 +133,7 @@ where
     let total = todo.len();
     let counter = std::sync::atomic::AtomicUsize::new(0);
     for chunk in todo.chunks(options.chunk.max(1)) {
-        let results: Vec<(String, std::result::Result<Option<Vec<f32>>, String>)> = pool.install(|| {
+        let results: Vec<(String, Outcome)> = pool.install(|| {
             chunk
                 .par_iter()
                 .map_init(

@@ -117,23 +117,13 @@ fn read_header(path: &Path) -> Result<serde_json::Value> {
 
 /// Writes named tensors as safetensors, atomically (temporary file + rename).
 pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let contiguous = tensors
         .iter()
         .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let result = safetensors::serialize_to_file(contiguous.iter().map(|(k, t)| (*k, t)), metadata, &tmp)
-        .map_err(|e| Error::format(path, format!("cannot write safetensors: {e}")))
-        .and_then(|()| {
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), metadata)
+        .map_err(|e| Error::format(path, format!("cannot serialize safetensors: {e}")))?;
+    dmm_data::fsutil::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Reads only the metadata of a checkpoint (`None` for a plain weight file without it).

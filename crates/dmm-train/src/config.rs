@@ -150,7 +150,7 @@ impl TrainConfig {
         if self.width == 0 || self.batch_size == 0 || self.epochs == 0 || self.eval_every == 0 {
             return bad("width, batch size, epochs and eval-every must all be at least 1");
         }
-        if !(self.sgd.lr > 0.0) || !self.sgd.lr.is_finite() {
+        if !self.sgd.lr.is_finite() || self.sgd.lr <= 0.0 {
             return bad("the learning rate must be a positive number");
         }
         if let Some((h, w)) = self.input_size {
