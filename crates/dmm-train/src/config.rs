@@ -116,12 +116,12 @@ impl TrainConfig {
                 rescale_dw: true,
                 ..base
             },
-            // A real CelebA subset (e.g. ../shared's 9,000 train / 2,000 val) in about an hour.
+            // A real CelebA subset (e.g. ../shared's 9,000 train / 2,000 val) in under an hour.
             "subset" => Self {
                 width: 16,
                 input_size: Some((112, 92)),
                 batch_size: 32,
-                epochs: 3,
+                epochs: 2,
                 eval_every: 141,
                 rescale_dw: true,
                 ..base

@@ -409,7 +409,8 @@ fn finish_evaluation(
         record.nme.map(|n| format!("  NME {n:.4}")).unwrap_or_default(),
         if improved { "  (best)" } else { "" }
     );
-    if quiet {
+    // A hidden bar (stderr is not a terminal) drops println, so log directly then.
+    if quiet || bar.is_hidden() {
         eprintln!("{msg}");
     } else {
         bar.println(msg);
