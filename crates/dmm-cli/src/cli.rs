@@ -176,6 +176,9 @@ pub struct TrainArgs {
     /// Override the preset's learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Clip the global gradient norm (not in the paper); 0 turns clipping off.
+    #[arg(long, value_name = "NORM")]
+    pub grad_clip: Option<f64>,
     /// Override P, the evaluation interval in iterations.
     #[arg(long)]
     pub eval_every: Option<usize>,

@@ -33,6 +33,8 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Optimizer hyper-parameters.
     pub sgd: SgdConfig,
+    /// Clip the global gradient norm to this (not in the paper; `None` in the `paper` preset).
+    pub grad_clip: Option<f64>,
     /// Evaluations without improvement before the learning rate is multiplied by 0.1.
     pub plateau_patience: usize,
     /// β of Eq. 3 (weight of the landmark loss).
@@ -76,6 +78,7 @@ impl TrainConfig {
             epochs: 15,
             eval_every: 1000,
             sgd: SgdConfig::paper(),
+            grad_clip: None,
             plateau_patience: 1,
             beta: 0.5,
             gamma: dmm_policy::AdaptiveThresholds::PAPER_GAMMA,
@@ -112,6 +115,8 @@ impl TrainConfig {
                 batch_size: 16,
                 epochs: 12,
                 eval_every: 18,
+                sgd: SgdConfig { lr: 0.01, ..SgdConfig::paper() },
+                grad_clip: Some(5.0),
                 plateau_patience: 2,
                 rescale_dw: true,
                 ..base

@@ -312,7 +312,7 @@ fn train_step(config: &TrainConfig, model: &DmmModel, sgd: &mut Sgd, state: &mut
         )));
     }
     let grads = loss.backward()?;
-    sgd.step(&grads, state.plateau.lr)?;
+    sgd.step(&grads, state.plateau.lr, config.grad_clip)?;
     let per_attr: Vec<f64> = per_attr.to_dtype(DType::F64)?.to_vec1()?;
     state.weighting.on_train_batch(&per_attr);
     state.train_loss_sum += value;

@@ -40,6 +40,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         ($($field:ident),*) => { $(if let Some(v) = args.$field { cfg.$field = v; })* };
     }
     set!(width, epochs, batch_size, eval_every, seed, rescale_dw);
+    if let Some(c) = args.grad_clip {
+        cfg.grad_clip = (c > 0.0).then_some(c);
+    }
     if let Some(lr) = args.lr {
         cfg.sgd.lr = lr;
     }
