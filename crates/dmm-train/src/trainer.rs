@@ -168,7 +168,8 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
     let mut meta = CheckpointMeta::new(model_config.clone());
     meta.input_size = config.input_size;
 
-    let mut state = if options.resume && run.last().exists() {
+    let resuming = options.resume && run.last().exists();
+    let mut state = if resuming {
         let ckpt = checkpoint::load(&run.last(), &device)?;
         copy_vars(&ckpt.varmap, &varmap)?;
         sgd.load_state(&checkpoint::read_extra(&run.last(), &device)?);
@@ -210,7 +211,8 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
     let bar = progress(total, state.iteration, options.quiet);
     let started = Instant::now();
     let mut trained_images = 0u64;
-    let mut resumed_at = Some(state.iteration).filter(|&it| it > 0);
+    // The evaluation at the resume point is already in the log and in the state.
+    let mut resumed_at = resuming.then_some(state.iteration);
 
     while state.iteration < total {
         let epoch = state.iteration / per_epoch;

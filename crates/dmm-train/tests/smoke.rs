@@ -74,6 +74,19 @@ fn resume_equals_uninterrupted() {
 }
 
 #[test]
+fn resume_right_after_the_first_evaluation_does_not_repeat_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = smoke();
+    let straight = RunDir::new(dir.path().join("straight"));
+    train(&cfg, &straight, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let resumed = RunDir::new(dir.path().join("resumed"));
+    train(&cfg, &resumed, &TrainOptions { quiet: true, stop_after: Some(0), ..Default::default() }).unwrap();
+    train(&cfg, &resumed, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+    assert_eq!(records(&resumed), records(&straight));
+    assert_eq!(tensors(resumed.last()), tensors(straight.last()));
+}
+
+#[test]
 fn resume_with_other_flags_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path().join("run"));
