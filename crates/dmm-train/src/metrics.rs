@@ -120,13 +120,9 @@ impl Evaluation {
     }
 }
 
-fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len().max(1) as f64
-}
-
-/// Mean of a per-attribute vector.
+/// Mean of a per-attribute vector (0 for an empty one).
 pub fn mean_of(xs: &[f64]) -> f64 {
-    mean(xs)
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
 }
 
 /// Normalized mean error of one face: mean point-to-point distance in pixels divided by the

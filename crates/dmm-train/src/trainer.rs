@@ -148,18 +148,14 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
     }
     let transform = Transform { size: config.input_size, ..Default::default() };
     cap_split(&mut dataset, Split::Train, config.max_train);
-    if config.eval_split != Split::Train {
-        cap_split(&mut dataset, config.eval_split, config.max_eval);
-    }
     let train_loader = Loader::new(
         &dataset,
         Split::Train,
         LoaderConfig { transform, random_flip: has_landmarks_flippable(&dataset), ..LoaderConfig::train(config.batch_size, config.seed) },
     )?;
+    // The evaluation set is the eval split of the (already capped) data, capped at max_eval.
     let mut eval_set = dataset.clone();
-    if config.eval_split == Split::Train {
-        cap_split(&mut eval_set, Split::Train, config.max_eval);
-    }
+    cap_split(&mut eval_set, config.eval_split, config.max_eval);
     let eval_loader = Loader::new(&eval_set, config.eval_split, LoaderConfig { transform, ..LoaderConfig::eval(config.batch_size) })?;
 
     let model_config = ModelConfig { variant: config.variant, width: config.width, n_points, groups: Default::default() };
