@@ -1,15 +1,36 @@
-//! `cargo xtask`: project automation for dmm. Today it holds `tidy`, the source-hygiene checks that
-//! CI runs through `cargo test`; download, landmarks, train, ablate, reproduce and bench arrive
-//! with their issues. Paths resolve from [`project_root`], so it runs from any folder.
+//! `cargo xtask`: the user's entry point for whole experiments, and project automation.
+//!
+//! - `reproduce` runs what is missing of the paper's experiments for a preset — landmarks,
+//!   CelebA training of the seven variants and the weighting schemes, LFWA fine-tuning, test
+//!   evaluation — and writes `report.md` with SVG figures ([`report`]);
+//! - `ablate` trains and evaluates those runs ([`runs`]); `report` rebuilds the page from them;
+//! - `download` installs CelebA or LFWA from a Hub mirror or local files ([`download`]);
+//! - `landmarks` and `train` wrap the `dmm` commands of the same name ([`dmm`]);
+//! - `tidy` checks source hygiene ([`tidy`]).
+//!
+//! Training runs as `dmm` child processes built in release mode, so xtask itself stays light
+//! (no candle) and runs can go in parallel.
+
+mod dmm;
+mod download;
+mod report;
+mod runs;
+mod svg;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
 
-/// Project automation for dmm.
+use crate::dmm::Dmm;
+use crate::runs::{Ds, Settings};
+
+/// Whole experiments and project automation for dmm.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,8 +38,136 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Reproduce the paper's tables and figures for a preset: landmarks (if any image lacks them),
+    /// the seven variants of Table 1 and the weighting schemes of Table 2 on CelebA, LFWA
+    /// fine-tuning of each, test evaluation, then OUT/report.md with SVG figures. Finished runs
+    /// are reused, so an interrupted reproduce continues where it stopped. `--preset mini` runs on
+    /// the bundled sample in about ten minutes on two cores.
+    Reproduce {
+        #[command(flatten)]
+        exp: ExperimentArgs,
+        /// Do not compute missing landmarks (the landmark head trains on what there is).
+        #[arg(long)]
+        no_landmarks: bool,
+    },
+    /// Train and test-evaluate the ablation runs (Table 1 variants and Table 2 schemes on CelebA,
+    /// then LFWA fine-tuned from them), each in OUT/DATASET/NAME; finished runs are reused.
+    Ablate {
+        #[command(flatten)]
+        exp: ExperimentArgs,
+    },
+    /// Rebuild OUT/report.md and OUT/figures/ from the runs already in OUT.
+    Report {
+        #[command(flatten)]
+        exp: ExperimentArgs,
+    },
+    /// Install CelebA or LFWA into OUT in the layout dmm reads, verifying the official MD5s:
+    /// from a Hugging Face dataset repository mirroring the official files (--hub), or from
+    /// files you already have (--from). The official files: CelebA from
+    /// https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (img_align_celeba.zip and the list_*.txt
+    /// files), LFW from https://vis-www.cs.umass.edu/lfw/ (lfw.tgz), the LFWA labels from the
+    /// CelebA page (name.txt, label.txt, indices_train_test.mat).
+    Download {
+        /// Which dataset.
+        #[arg(value_enum)]
+        dataset: DatasetArg,
+        /// Dataset root to create (e.g. datasets/celeba).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A folder holding the official files (an unpacked img_align_celeba/ or lfw/ is accepted).
+        #[arg(long, value_name = "DIR", conflicts_with = "hub", required_unless_present = "hub")]
+        from: Option<PathBuf>,
+        /// A Hugging Face dataset repository with the official files at its top level.
+        #[arg(long, value_name = "OWNER/NAME[@REV]")]
+        hub: Option<String>,
+        /// With --hub: use only the local Hugging Face cache.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Compute dlib landmarks into ROOT/landmarks.csv for every present image that has none yet
+    /// (wraps `dmm landmarks`; builds dmm with the dlib feature).
+    Landmarks {
+        /// Which dataset.
+        #[arg(long, value_enum)]
+        dataset: DatasetArg,
+        /// Dataset root.
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Build dmm in release mode and run `dmm train` with these arguments (see `dmm train --help`).
+    Train {
+        /// Arguments for `dmm train`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Check source hygiene: every .rs file opens with a `//!` doc saying what it is.
     Tidy,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DatasetArg {
+    /// CelebA.
+    Celeba,
+    /// LFWA.
+    Lfwa,
+}
+
+impl DatasetArg {
+    fn ds(self) -> Ds {
+        match self {
+            DatasetArg::Celeba => Ds::Celeba,
+            DatasetArg::Lfwa => Ds::Lfwa,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct ExperimentArgs {
+    /// Training preset of every run: smoke (seconds), mini (the bundled sample, minutes), subset
+    /// (a real subset on CPU, hours), paper (full data, GPU).
+    #[arg(long, default_value = "mini", value_parser = ["smoke", "mini", "subset", "paper"])]
+    preset: String,
+    /// CelebA root.
+    #[arg(long, value_name = "DIR", default_value = "data/celeba")]
+    celeba: PathBuf,
+    /// LFWA root.
+    #[arg(long, value_name = "DIR", default_value = "data/lfwa")]
+    lfwa: PathBuf,
+    /// Run root (default runs/PRESET).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Runs in parallel (default: one single-threaded run per core for smoke and mini, else 1).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// ImageNet trunk weights for the CelebA runs: a safetensors file or hf://owner/name[/file].
+    #[arg(long, value_name = "FILE|hf://…")]
+    backbone: Option<String>,
+    /// Resolve hf:// backbones from the local Hugging Face cache only.
+    #[arg(long)]
+    offline: bool,
+    /// Use this dmm executable instead of building one.
+    #[arg(long, value_name = "EXE", hide = true)]
+    dmm: Option<PathBuf>,
+}
+
+impl ExperimentArgs {
+    fn settings(&self) -> Settings {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let (jobs, threads) = runs::default_jobs(&self.preset, cores, self.jobs);
+        Settings {
+            preset: self.preset.clone(),
+            celeba: self.celeba.clone(),
+            lfwa: self.lfwa.clone(),
+            out: self.out.clone().unwrap_or_else(|| Path::new("runs").join(&self.preset)),
+            jobs,
+            threads,
+            backbone: self.backbone.clone(),
+            offline: self.offline,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -32,9 +181,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = project_root();
     match cli.command {
         Command::Tidy => {
-            let problems = tidy(&project_root())?;
+            let problems = tidy::tidy(&root)?;
             for p in &problems {
                 eprintln!("{p}");
             }
@@ -45,71 +195,137 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         }
+        Command::Reproduce { exp, no_landmarks } => {
+            let started = Instant::now();
+            let settings = exp.settings();
+            if !no_landmarks {
+                for ds in [Ds::Celeba, Ds::Lfwa] {
+                    ensure_landmarks(&root, ds, settings.root(ds), None, exp.dmm.clone())?;
+                }
+            }
+            let dmm = Dmm::build(&root, &[], exp.dmm.clone())?;
+            let failures = ablate(&dmm, &settings)?;
+            let command = reproduce_command(&exp, no_landmarks);
+            let code = finish(&settings, &command, &failures)?;
+            eprintln!("reproduce took {:.1} min", started.elapsed().as_secs_f64() / 60.0);
+            Ok(code)
+        }
+        Command::Ablate { exp } => {
+            let settings = exp.settings();
+            let dmm = Dmm::build(&root, &[], exp.dmm.clone())?;
+            let failures = ablate(&dmm, &settings)?;
+            for f in &failures {
+                eprintln!("failed: {f}");
+            }
+            Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Report { exp } => finish(&exp.settings(), &reproduce_command(&exp, false), &[]),
+        Command::Download { dataset, out, from, hub, offline } => {
+            let source = match (from, hub) {
+                (Some(dir), _) => download::Source::Dir(dir),
+                (None, Some(h)) => download::parse_hub(&h, offline)?,
+                (None, None) => unreachable!("clap requires --from or --hub"),
+            };
+            let entries = match dataset {
+                DatasetArg::Celeba => download::CELEBA,
+                DatasetArg::Lfwa => download::LFWA,
+            };
+            download::install(entries, &source, &out)?;
+            if matches!(dataset, DatasetArg::Lfwa) && !out.join("lfwa_40attr_with_split.txt").is_file() {
+                // The default build reads the split as text; convert the official .mat once.
+                let dmm = Dmm::build(&root, &["mat"], None).context("converting the LFWA split needs dmm with the mat feature (Debian libhdf5-dev)")?;
+                let args = ["dataset", "text-split", "--root"].map(String::from).into_iter().chain([out.to_string_lossy().into_owned()]).collect::<Vec<_>>();
+                print!("{}", dmm.output(&args, None)?);
+            }
+            println!("{} ready in {}; check the images with `dmm dataset check --dataset {} --root {}`", dataset.ds().as_str(), out.display(), dataset.ds().as_str(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Landmarks { dataset, root: data_root, jobs } => {
+            ensure_landmarks(&root, dataset.ds(), &data_root, jobs, None)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train { args } => {
+            let dmm = Dmm::build(&root, &[], None)?;
+            let status = dmm.command(None).arg("train").args(&args).status().context("running dmm train")?;
+            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
+}
+
+/// The reproduce command line as the report quotes it.
+fn reproduce_command(exp: &ExperimentArgs, no_landmarks: bool) -> String {
+    let mut c = format!("cargo xtask reproduce --preset {}", exp.preset);
+    if exp.celeba != Path::new("data/celeba") {
+        c += &format!(" --celeba {}", exp.celeba.display());
+    }
+    if exp.lfwa != Path::new("data/lfwa") {
+        c += &format!(" --lfwa {}", exp.lfwa.display());
+    }
+    if let Some(o) = &exp.out {
+        c += &format!(" --out {}", o.display());
+    }
+    if let Some(b) = &exp.backbone {
+        c += &format!(" --backbone {b}");
+    }
+    if no_landmarks {
+        c += " --no-landmarks";
+    }
+    c
+}
+
+fn ablate(dmm: &Dmm, settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let specs = runs::plan(&[Ds::Celeba, Ds::Lfwa]);
+    let pending = specs.iter().filter(|s| !runs::is_finished(&settings.dir(s))).count();
+    eprintln!(
+        "{} runs in {} ({} finished earlier), {} at a time{}",
+        specs.len(),
+        settings.out.display(),
+        specs.len() - pending,
+        settings.jobs,
+        settings.threads.map(|t| format!(", {t} thread{} each", if t == 1 { "" } else { "s" })).unwrap_or_default()
+    );
+    Ok(runs::run_all(dmm, settings, &specs))
+}
+
+fn finish(settings: &Settings, command: &str, failures: &[String]) -> anyhow::Result<ExitCode> {
+    let (path, missing) = report::write_report(settings, command)?;
+    println!("report: {}", path.display());
+    for f in failures {
+        eprintln!("failed: {f}");
+    }
+    if !missing.is_empty() {
+        eprintln!("the report lacks {} unfinished runs: {}", missing.len(), missing.join(", "));
+    }
+    Ok(if failures.is_empty() && missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Runs `dmm landmarks` on the image folder of `data_root` when a present image has neither a
+/// row in `landmarks.csv` nor a line in `landmarks.csv.noface`.
+fn ensure_landmarks(root: &Path, ds: Ds, data_root: &Path, jobs: Option<usize>, exe: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut data = dmm_data::Dataset::open(ds.kind(), data_root).with_context(|| format!("reading {}", data_root.display()))?;
+    data.retain_present(false)?;
+    let csv = data_root.join(dmm_data::LANDMARKS_CSV);
+    let noface_path = PathBuf::from(format!("{}.noface", csv.display()));
+    let noface: std::collections::HashSet<String> = std::fs::read_to_string(&noface_path).unwrap_or_default().lines().map(|l| l.trim().to_string()).collect();
+    let todo = data.samples.iter().filter(|s| s.landmarks.is_none() && !noface.contains(&s.name)).count();
+    if todo == 0 {
+        eprintln!("{}: landmarks cover all {} present images", csv.display(), data.samples.len());
+        return Ok(());
+    }
+    eprintln!("{}: {todo} of {} present images have no landmarks yet; running dmm landmarks", csv.display(), data.samples.len());
+    let dmm = Dmm::build(root, &["dlib"], exe)?;
+    let mut args: Vec<String> = vec!["landmarks".into(), "--images".into(), data.image_dir.to_string_lossy().into_owned(), "--out".into(), csv.to_string_lossy().into_owned()];
+    if let Some(j) = jobs {
+        args.extend(["--jobs".into(), j.to_string()]);
+    }
+    let status = dmm.command(None).args(&args).status().context("running dmm landmarks")?;
+    if !status.success() {
+        anyhow::bail!("`dmm {}` failed ({status})", dmm::shell_words(&args));
+    }
+    Ok(())
 }
 
 /// The workspace root (the folder above `xtask/`).
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
-}
-
-/// Returns one line per `.rs` file under `crates/` and `xtask/` that does not start with `//!`.
-fn tidy(root: &Path) -> anyhow::Result<Vec<String>> {
-    let mut files = Vec::new();
-    for dir in ["crates", "xtask"] {
-        collect_rs(&root.join(dir), &mut files)?;
-    }
-    files.sort();
-    let mut problems = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        if !text.trim_start().starts_with("//!") {
-            let rel = f.strip_prefix(root).unwrap_or(&f);
-            problems.push(format!("{}:1: file does not open with a `//!` doc comment", rel.display()));
-        }
-    }
-    Ok(problems)
-}
-
-fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            if path.file_name().is_some_and(|n| n != "target") {
-                collect_rs(&path, out)?;
-            }
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_source_file_explains_itself() {
-        let problems = tidy(&project_root()).unwrap();
-        assert!(problems.is_empty(), "{}", problems.join("\n"));
-    }
-
-    #[test]
-    fn tidy_flags_a_file_without_module_doc() {
-        let dir = tempfile_dir();
-        std::fs::create_dir_all(dir.join("crates/x/src")).unwrap();
-        std::fs::create_dir_all(dir.join("xtask")).unwrap();
-        std::fs::write(dir.join("crates/x/src/lib.rs"), "//! ok\n").unwrap();
-        std::fs::write(dir.join("crates/x/src/bad.rs"), "fn f() {}\n").unwrap();
-        let problems = tidy(&dir).unwrap();
-        assert_eq!(problems, ["crates/x/src/bad.rs:1: file does not open with a `//!` doc comment"]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xtask-tidy-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
 }

@@ -48,6 +48,17 @@ pub enum DatasetCommand {
     /// and reason, one line each); exits non-zero if any image is unreadable. Use it after a
     /// download to find truncated or corrupt files.
     Check(CheckArgs),
+    /// Convert LFWA's official split (name.txt + label.txt + indices_train_test.mat) into
+    /// ROOT/lfwa_40attr_with_split.txt, which every build reads. Needs dmm built with --features
+    /// mat (system HDF5) once; `cargo xtask download lfwa` runs it for you.
+    TextSplit(TextSplitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TextSplitArgs {
+    /// LFWA root holding the official files.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
 }
 
 /// Which dataset layout a root holds.

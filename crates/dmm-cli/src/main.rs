@@ -31,6 +31,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Dataset { command } => match command {
             cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
             cli::DatasetCommand::Check(a) => commands::dataset::check(a),
+            cli::DatasetCommand::TextSplit(a) => commands::dataset::text_split(a),
         },
     }
 }

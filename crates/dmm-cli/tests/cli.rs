@@ -248,3 +248,25 @@ fn landmarks_without_dlib_says_how_to_get_it() {
     let line = one_error(&["landmarks", "--images", "data", "--out", "x.csv"]);
     assert!(line.contains("built without dlib") && line.contains("--features dmm-cli/dlib"), "{line}");
 }
+
+#[cfg(feature = "mat")]
+#[test]
+fn text_split_converts_the_official_mat_split() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["name.txt", "label.txt", "indices_train_test.mat"] {
+        std::fs::copy(repo().join("data/lfwa").join(f), dir.path().join(f)).unwrap();
+    }
+    let out = dmm(&["dataset", "text-split", "--root", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(60 train, 40 test images)"));
+    // The bundled text split was made from the same files by scripts/make_sample.py (Python, h5py).
+    let rows = |p: PathBuf| std::fs::read_to_string(p).unwrap().lines().filter(|l| !l.starts_with('#')).map(String::from).collect::<Vec<_>>();
+    assert_eq!(rows(dir.path().join("lfwa_40attr_with_split.txt")), rows(repo().join("data/lfwa/lfwa_40attr_with_split.txt")));
+}
+
+#[cfg(not(feature = "mat"))]
+#[test]
+fn text_split_without_mat_says_how_to_get_it() {
+    let line = one_error(&["dataset", "text-split", "--root", "data/lfwa"]);
+    assert!(line.contains("--features mat"), "{line}");
+}

@@ -211,6 +211,22 @@ impl Dataset {
         pos.map(|p| p as f64 / n)
     }
 
+    /// Per-attribute accuracy on `split` of always predicting the training split's majority label
+    /// (ties go to −1): the baseline every trained model must beat. `None` when either split has
+    /// no samples.
+    pub fn majority_accuracies(&self, split: Split) -> Option<[f64; N_ATTRS]> {
+        let train: Vec<&Sample> = self.split(Split::Train).collect();
+        let eval: Vec<&Sample> = self.split(split).collect();
+        if train.is_empty() || eval.is_empty() {
+            return None;
+        }
+        Some(std::array::from_fn(|j| {
+            let positive_majority = 2 * train.iter().filter(|s| s.labels[j] > 0).count() > train.len();
+            let label = if positive_majority { 1 } else { -1 };
+            eval.iter().filter(|s| s.labels[j] == label).count() as f64 / eval.len() as f64
+        }))
+    }
+
     /// Attaches landmarks by image name; returns how many samples got points. Samples not in the
     /// table keep `None` (no face found: masked out of the landmark loss).
     pub fn attach_landmarks(&mut self, table: &LandmarkTable) -> usize {

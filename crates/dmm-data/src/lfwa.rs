@@ -201,6 +201,25 @@ pub fn read_text_split(path: &Path) -> Result<Vec<Sample>> {
     Ok(samples)
 }
 
+/// Renders samples in the text form [`TEXT_SPLIT_FILE`] (read back by [`read_text_split`]):
+/// what a default build (no HDF5) reads after the official `.mat` split was converted once.
+pub fn text_split(samples: &[Sample]) -> String {
+    let mut out = String::from("# LFWA: name.txt + label.txt (0/1, CelebA order) + the split of indices_train_test.mat, written by `dmm dataset text-split`\n");
+    out.push_str("image split ");
+    out.push_str(&crate::CELEBA_ATTRIBUTES.join(" "));
+    out.push('\n');
+    for s in samples {
+        out.push_str(&s.name);
+        out.push(' ');
+        out.push_str(s.split.as_str());
+        for &l in &s.labels {
+            out.push_str(if l > 0 { " 1" } else { " 0" });
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +262,18 @@ mod tests {
         std::fs::write(dir.path().join(LABEL_FILE), format!("{}\n", zeros("1"))).unwrap();
         let err = read_names_and_labels(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("label.txt: has 1 rows but name.txt has 2"), "{err}");
+    }
+
+    #[test]
+    fn text_split_round_trips() {
+        let mut a = [-1i8; N_ATTRS];
+        a[0] = 1;
+        a[39] = 1;
+        let samples = vec![sample("A/A_0001.jpg", Split::Train, a), sample("B/B_0002.jpg", Split::Test, [-1; N_ATTRS])];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(TEXT_SPLIT_FILE);
+        std::fs::write(&p, text_split(&samples)).unwrap();
+        assert_eq!(read_text_split(&p).unwrap(), samples);
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod rng;
 mod text;
 
 pub use attrs::{AttributeGroups, CELEBA_ATTRIBUTES, N_ATTRS};
-pub use dataset::{Dataset, DatasetKind, Presence, Sample, Split};
+pub use dataset::{Dataset, DatasetKind, Presence, Sample, Split, LANDMARKS_CSV};
 pub use error::{Error, Result};
 pub use landmarks::{LandmarkTable, Landmarks};
 pub use loader::{Batch, Loader, LoaderConfig};

@@ -67,7 +67,14 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
 /// [`decode`] for bytes already in memory; `path` is only used in errors.
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     let image_err = |cause| Error::Image { path: path.to_path_buf(), cause };
-    let format = image::guess_format(bytes).map_err(image_err)?;
+    let format = check_format(path, bytes)?;
+    let img = image::load_from_memory_with_format(bytes, format).map_err(image_err)?;
+    Ok(img.into_rgb8())
+}
+
+/// The format of `bytes` by content; a JPEG without its end marker is refused.
+fn check_format(path: &Path, bytes: &[u8]) -> Result<image::ImageFormat> {
+    let format = image::guess_format(bytes).map_err(|cause| Error::Image { path: path.to_path_buf(), cause })?;
     if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(Error::Image {
             path: path.to_path_buf(),
@@ -77,8 +84,7 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
             )),
         });
     }
-    let img = image::load_from_memory_with_format(bytes, format).map_err(image_err)?;
-    Ok(img.into_rgb8())
+    Ok(format)
 }
 
 /// A JPEG ends with the EOI marker `FF D9`; some writers pad after it, so look near the end.

@@ -25,6 +25,10 @@ pub struct Evaluation {
     pub landmark_sq_err: f64,
     /// Sum over those images of the per-image NME.
     pub nme_sum: f64,
+    /// Sum over images of the squared per-image accuracy (fraction of its 40 labels right), for
+    /// the standard error of the mean accuracy.
+    #[serde(default)]
+    pub image_accuracy_sq_sum: f64,
 }
 
 impl Default for Evaluation {
@@ -39,6 +43,7 @@ impl Default for Evaluation {
             n_landmarks: 0,
             landmark_sq_err: 0.0,
             nme_sum: 0.0,
+            image_accuracy_sq_sum: 0.0,
         }
     }
 }
@@ -49,10 +54,12 @@ impl Evaluation {
         assert_eq!(scores.len(), targets.len());
         for (s_row, t_row) in scores.chunks_exact(N_ATTRS).zip(targets.chunks_exact(N_ATTRS)) {
             self.n += 1;
+            let mut right = 0usize;
             for j in 0..N_ATTRS {
                 let (s, t) = (s_row[j] as f64, t_row[j] as f64);
                 self.sq_err[j] += (s - t) * (s - t);
                 let predicted = s > tau[j];
+                right += (predicted == (t > 0.0)) as usize;
                 match (predicted, t > 0.0) {
                     (true, true) => self.tp[j] += 1,
                     (true, false) => self.fp[j] += 1,
@@ -60,7 +67,21 @@ impl Evaluation {
                     (false, true) => self.fn_[j] += 1,
                 }
             }
+            self.image_accuracy_sq_sum += (right as f64 / N_ATTRS as f64).powi(2);
         }
+    }
+
+    /// Standard error of the mean accuracy over images: the sample standard deviation of the
+    /// per-image accuracies divided by √n (labels of one face are correlated, so this is wider
+    /// than a binomial error over n·40 labels). `None` below two images.
+    pub fn mean_accuracy_se(&self) -> Option<f64> {
+        if self.n < 2 {
+            return None;
+        }
+        let n = self.n as f64;
+        let mean = mean_of(&self.accuracies());
+        let var = ((self.image_accuracy_sq_sum - n * mean * mean) / (n - 1.0)).max(0.0);
+        Some((var / n).sqrt())
     }
 
     /// Adds landmark predictions and targets (`[b, 2T]`, normalized by image width/height) with
@@ -172,6 +193,12 @@ mod tests {
         assert_eq!((e.accuracies()[2], e.balanced_accuracies()[2]), (1.0, 1.0));
         // MSE of attribute 0: (0.01 + 1.44 + 1.21 + 0.09) / 4.
         assert!((e.attribute_losses()[0] - 2.75 / 4.0).abs() < 1e-6);
+        // Per-image accuracies: 39/40, 38/40, 39/40, 40/40 (attributes 2..40 all right).
+        let a = [39.0 / 40.0, 38.0 / 40.0, 39.0 / 40.0, 1.0];
+        let mean: f64 = a.iter().sum::<f64>() / 4.0;
+        let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0;
+        assert!((mean_of(&e.accuracies()) - mean).abs() < 1e-12);
+        assert!((e.mean_accuracy_se().unwrap() - (var / 4.0).sqrt()).abs() < 1e-12);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `dmm dataset stats`: listed vs present images per split and attribute positive rates.
 //! `dmm dataset check`: decode every present image and report the unreadable ones.
+//! `dmm dataset text-split`: LFWA's official .mat split as the text form every build reads.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use serde_json::json;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use crate::cli::{CheckArgs, DatasetArg, StatsArgs};
+use crate::cli::{CheckArgs, DatasetArg, StatsArgs, TextSplitArgs};
 
 fn open(dataset: DatasetArg, root: &std::path::Path) -> anyhow::Result<Dataset> {
     let kind: dmm_data::DatasetKind = dataset.into();
@@ -54,6 +55,22 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
         writeln!(text, "{name:<20} {r:>13.4}")?;
     }
     crate::output::print(&text)
+}
+
+pub fn text_split(args: TextSplitArgs) -> anyhow::Result<ExitCode> {
+    use dmm_data::lfwa;
+    if !cfg!(feature = "mat") {
+        anyhow::bail!("reading {} needs dmm built with --features mat (system HDF5, Debian libhdf5-dev)", args.root.join(lfwa::MAT_SPLIT_FILE).display());
+    }
+    #[cfg(feature = "mat")]
+    {
+        let out = args.root.join(lfwa::TEXT_SPLIT_FILE);
+        let samples = lfwa::read_official(&args.root)?;
+        dmm_data::fsutil::write_atomic(&out, lfwa::text_split(&samples).as_bytes()).with_context(|| format!("{}: cannot write", out.display()))?;
+        let train = samples.iter().filter(|s| s.split == dmm_data::Split::Train).count();
+        println!("wrote {} ({train} train, {} test images)", out.display(), samples.len() - train);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn round4(x: f64) -> f64 {

@@ -91,7 +91,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             .collect();
         let out = json!({
             "model": args.model, "dataset": kind.as_str(), "split": split, "images": ev.n,
-            "mean_accuracy": mean_of(&acc), "mean_balanced_accuracy": mean_of(&bal),
+            "mean_accuracy": mean_of(&acc), "mean_accuracy_se": ev.mean_accuracy_se(), "mean_balanced_accuracy": mean_of(&bal),
             "nme": ev.nme(), "majority_accuracy": majority, "attributes": attributes,
         });
         return crate::output::print(&(serde_json::to_string_pretty(&out)? + "\n"));
@@ -103,6 +103,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         writeln!(t, "{name:<20} {:>9.4} {:>9.4} {:>9.4}", acc[j], bal[j], tau[j])?;
     }
     writeln!(t, "{:<20} {:>9.4} {:>9.4}", "mean", mean_of(&acc), mean_of(&bal))?;
+    if let Some(se) = ev.mean_accuracy_se() {
+        writeln!(t, "{:<20} {se:>9.4}   (standard error of the mean accuracy over images)", "± 1 SE")?;
+    }
     if let Some(m) = majority {
         writeln!(t, "{:<20} {m:>9.4}   (always the training set's majority label)", "majority baseline")?;
     }
@@ -115,15 +118,5 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
 /// Mean accuracy on `split` of always predicting each attribute's majority label in the training
 /// split (`None` when the dataset has no training images on disk).
 fn majority_accuracy(ds: &Dataset, split: Split) -> Option<f64> {
-    let train: Vec<_> = ds.split(Split::Train).collect();
-    let eval: Vec<_> = ds.split(split).collect();
-    if train.is_empty() || eval.is_empty() {
-        return None;
-    }
-    let per_attr = (0..dmm_data::N_ATTRS).map(|j| {
-        let positive_majority = 2 * train.iter().filter(|s| s.labels[j] > 0).count() > train.len();
-        let majority_label = if positive_majority { 1 } else { -1 };
-        eval.iter().filter(|s| s.labels[j] == majority_label).count() as f64 / eval.len() as f64
-    });
-    Some(per_attr.sum::<f64>() / dmm_data::N_ATTRS as f64)
+    ds.majority_accuracies(split).map(|m| mean_of(&m))
 }
