@@ -28,6 +28,12 @@ pub enum Command {
     /// Evaluate a trained model on a split: per-attribute and mean accuracy and balanced accuracy,
     /// with the model's adaptive thresholds.
     Eval(EvalArgs),
+    /// Predict the 40 attributes (score, the model's threshold τ, yes/no) and the landmarks of
+    /// face images: files or folders (searched for .jpg/.jpeg/.png), any size or colour mode, EXIF
+    /// orientation respected. A table for people by default, JSON lines (--json) or CSV (--csv) for
+    /// programs. An unreadable image is reported (name and reason) and skipped; the exit code is 1
+    /// if any failed.
+    Predict(PredictArgs),
     /// Run the network on a tensor file (for parity checks against PyTorch): reads tensor `input`
     /// [N, 3, H, W] f32 and writes `trunk` [N, 32·W, h, w] — plus `attributes` [N, 40] and
     /// `landmarks` [N, 2T] when the weights are a full dmm checkpoint. Eval-mode batch norm.
@@ -239,6 +245,42 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// A trained model: model.safetensors of a run, or hf://owner/name[@rev][/file].
+    #[arg(long, value_name = "CKPT|hf://…")]
+    pub model: String,
+    /// Images or folders of images.
+    #[arg(required = true, value_name = "IMAGE|DIR")]
+    pub images: Vec<PathBuf>,
+    /// One JSON object per image: image, width, height, face, attributes [{name, score, threshold,
+    /// present}], landmarks [[x, y], …] (photo pixels) or null.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// CSV: image, width, height, then per attribute NAME (1/0), NAME_score, NAME_threshold, then
+    /// x0, y0, … when the model predicts landmarks.
+    #[arg(long)]
+    pub csv: bool,
+    /// Also write OUT_DIR/<image>.png: the photo with the landmarks drawn and the positive
+    /// attributes listed.
+    #[arg(long, value_name = "OUT_DIR")]
+    pub annotate: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Find the largest face with dlib and crop and align it like CelebA's 178×218 crops before
+    /// predicting (for in-the-wild photos; needs --features dlib). Without it the image is used as
+    /// given, so give face crops.
+    #[arg(long)]
+    pub detect: bool,
+    /// dlib's 68-point shape predictor for --detect.
+    #[arg(long, value_name = "FILE")]
+    pub predictor: Option<PathBuf>,
+    /// Resolve hf:// models from the local Hugging Face cache only.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, clap::Args)]

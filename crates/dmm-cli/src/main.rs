@@ -28,6 +28,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Train(a) => commands::train::train(*a),
         cli::Command::Eval(a) => commands::train::eval(a),
         cli::Command::Landmarks(a) => commands::landmarks::run(a),
+        cli::Command::Predict(a) => commands::predict::run(a),
         cli::Command::Dataset { command } => match command {
             cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
             cli::DatasetCommand::Check(a) => commands::dataset::check(a),

@@ -16,6 +16,7 @@
 //! `tests/sample.rs`.
 #![warn(missing_docs)]
 
+pub mod align;
 pub mod attrs;
 pub mod celeba;
 mod dataset;

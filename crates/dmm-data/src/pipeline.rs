@@ -72,6 +72,21 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     Ok(img.into_rgb8())
 }
 
+/// [`decode`] for photos: also applies the EXIF orientation (a phone picture stored sideways
+/// with "rotate 90°" in its metadata comes out upright). Training reads CelebA and LFW, which carry
+/// no orientation, through [`decode`] so the stored pixels and their landmark CSV agree.
+pub fn decode_oriented(path: &Path) -> Result<RgbImage> {
+    use image::ImageDecoder;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let image_err = |cause| Error::Image { path: path.to_path_buf(), cause };
+    let format = check_format(path, &bytes)?;
+    let mut decoder = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format).into_decoder().map_err(image_err)?;
+    let orientation = decoder.orientation().map_err(image_err)?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(image_err)?;
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
 /// The format of `bytes` by content; a JPEG without its end marker is refused.
 fn check_format(path: &Path, bytes: &[u8]) -> Result<image::ImageFormat> {
     let format = image::guess_format(bytes).map_err(|cause| Error::Image { path: path.to_path_buf(), cause })?;

@@ -1,6 +1,8 @@
 //! One module per `dmm` subcommand, each with plain functions taking the parsed flags.
 
+pub mod annotate;
 pub mod dataset;
 pub mod forward;
 pub mod train;
 pub mod landmarks;
+pub mod predict;
