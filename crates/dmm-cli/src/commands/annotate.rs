@@ -12,7 +12,7 @@ const PANEL: u32 = 20 * 8 * SCALE + 16;
 /// The annotated picture: `img` enlarged to at least 436 pixels tall, `points` (`[x0, y0, …]` in
 /// `img` pixels) as dots, and `lines` of text in a white panel on the right.
 pub fn render(img: &RgbImage, points: Option<&[f32]>, lines: &[String]) -> RgbImage {
-    let zoom = (436.0 / img.height().max(1) as f64).max(1.0).min(8.0);
+    let zoom = (436.0 / img.height().max(1) as f64).clamp(1.0, 8.0);
     let (w, h) = ((img.width() as f64 * zoom).round() as u32, (img.height() as f64 * zoom).round() as u32);
     let photo = image::imageops::resize(img, w.max(1), h.max(1), image::imageops::FilterType::Triangle);
     let height = h.max(16 + LINE * lines.len() as u32);

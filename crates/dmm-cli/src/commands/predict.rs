@@ -228,8 +228,8 @@ fn write_prediction(out: &mut String, format: Format, p: &Prediction, ckpt: &Che
         }
         Format::Csv => {
             let mut row = vec![csv_field(&p.image), p.size.0.to_string(), p.size.1.to_string()];
-            for j in 0..N_ATTRS {
-                row.extend([(label(p, ckpt, j) as u8).to_string(), p.scores[j].to_string(), tau[j].to_string()]);
+            for (j, (score, t)) in p.scores.iter().zip(tau).enumerate() {
+                row.extend([(label(p, ckpt, j) as u8).to_string(), score.to_string(), t.to_string()]);
             }
             if let Some(l) = &p.landmarks {
                 row.extend(l.iter().map(|v| round2(*v).to_string()));
