@@ -6,11 +6,13 @@
 //! - `ablate` trains and evaluates those runs ([`runs`]); `report` rebuilds the page from them;
 //! - `download` installs CelebA or LFWA from a Hub mirror or local files ([`download`]);
 //! - `landmarks` and `train` wrap the `dmm` commands of the same name ([`dmm`]);
+//! - `bench` times training steps and forwards beside PyTorch ([`bench`]);
 //! - `tidy` checks source hygiene ([`tidy`]).
 //!
 //! Training runs as `dmm` child processes built in release mode, so xtask itself stays light
 //! (no candle) and runs can go in parallel.
 
+mod bench;
 mod dmm;
 mod download;
 mod report;
@@ -102,6 +104,23 @@ enum Command {
         /// Arguments for `dmm train`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
+    },
+    /// Time DMM-CNN training steps and forwards (`dmm bench`, release build) and, when
+    /// `python3 -c "import torch"` works, the same network and step in PyTorch
+    /// (bench/torch_bench.py), interleaved; print one table with the ratios.
+    Bench {
+        /// Timed calls per measurement (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        /// Alternating rounds of ours and PyTorch per case (the median is reported).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Trunk width.
+        #[arg(long, default_value_t = 64)]
+        width: usize,
+        /// Images per call.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
     },
     /// Check source hygiene: every .rs file opens with a `//!` doc saying what it is.
     Tidy,
@@ -242,6 +261,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Landmarks { dataset, root: data_root, jobs } => {
             ensure_landmarks(&root, dataset.ds(), &data_root, jobs, None)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { iters, rounds, width, batch } => {
+            let dmm = Dmm::build(&root, &[], None)?;
+            bench::run(&root, &dmm, iters, rounds, width, batch)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Train { args } => {

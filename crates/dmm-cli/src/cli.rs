@@ -34,6 +34,10 @@ pub enum Command {
     /// programs. An unreadable image is reported (name and reason) and skipped; the exit code is 1
     /// if any failed.
     Predict(PredictArgs),
+    /// Time one training step (forward, loss, backward, SGD update) or one eval-mode forward of
+    /// DMM-CNN on random data: the median seconds per call and images/s. `cargo xtask bench` runs
+    /// the suite beside the PyTorch reference (bench/torch_bench.py).
+    Bench(BenchArgs),
     /// Run the network on a tensor file (for parity checks against PyTorch): reads tensor `input`
     /// [N, 3, H, W] f32 and writes `trunk` [N, 32·W, h, w] — plus `attributes` [N, 40] and
     /// `landmarks` [N, 2T] when the weights are a full dmm checkpoint. Eval-mode batch norm.
@@ -243,6 +247,37 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `dmm bench` times.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchMode {
+    /// Forward in train mode, MSE on attributes and landmarks, backward, SGD-momentum update.
+    TrainStep,
+    /// Eval-mode forward.
+    Forward,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// What to time.
+    #[arg(value_enum)]
+    pub mode: BenchMode,
+    /// Trunk width (64 = ResNet-50).
+    #[arg(long, default_value_t = 64)]
+    pub width: usize,
+    /// Input height x width.
+    #[arg(long, default_value = "112x112", value_name = "HxW")]
+    pub size: String,
+    /// Images per call.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed calls after one warm-up (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Print {"median_s": …, "images_per_s": …}.
     #[arg(long)]
     pub json: bool,
 }

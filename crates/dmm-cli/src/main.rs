@@ -29,6 +29,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Eval(a) => commands::train::eval(a),
         cli::Command::Landmarks(a) => commands::landmarks::run(a),
         cli::Command::Predict(a) => commands::predict::run(a),
+        cli::Command::Bench(a) => commands::bench::run(a),
         cli::Command::Dataset { command } => match command {
             cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
             cli::DatasetCommand::Check(a) => commands::dataset::check(a),

@@ -31,26 +31,19 @@ fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> R
     conv2d_no_bias(c_in, c_out, k, cfg, vb)
 }
 
-/// A bias-free convolution whose backward is right for any input shape.
+/// A bias-free convolution through [`crate::conv::conv2d`]: forward and both gradients as matrix
+/// products, right for any input shape.
 ///
-/// candle 0.11's conv2d backward derives one `output_padding` from the height and applies it to
-/// both axes, so a strided conv whose height and width leave different remainders (218×178
-/// CelebA crops reach layer3 as 28×23) fails with a shape error. When the remainders differ, pad
-/// explicitly and drop the trailing rows/columns no window reaches; the convolution is then
-/// unpadded with remainder 0 on both axes and its gradient (routed back through pad and narrow)
-/// is exact.
+/// (candle 0.11's own conv2d backward derives one `output_padding` from the height and applies it
+/// to both axes, so a strided conv whose height and width leave different remainders — 218×178
+/// CelebA crops reach layer3 as 28×23 — fails with a shape error; it is also several times slower.
+/// The test below notices when candle fixes the first.)
 pub fn conv2d(xs: &Tensor, conv: &Conv2d) -> Result<Tensor> {
     let cfg = conv.config();
-    let (s, p) = (cfg.stride, cfg.padding);
-    let (_, _, h, w) = xs.dims4()?;
-    let (_, _, kh, kw) = conv.weight().dims4()?;
-    let (rh, rw) = ((h + 2 * p - kh) % s, (w + 2 * p - kw) % s);
-    if rh == rw {
-        return xs.conv2d(conv.weight(), p, s, cfg.dilation, cfg.groups);
+    if cfg.dilation != 1 || cfg.groups != 1 {
+        candle_core::bail!("conv2d: dilation and groups are not used by ResNet-50")
     }
-    let xs = xs.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
-    let xs = xs.narrow(2, 0, h + 2 * p - rh)?.narrow(3, 0, w + 2 * p - rw)?;
-    xs.conv2d(conv.weight(), 0, s, cfg.dilation, cfg.groups)
+    crate::conv::conv2d(xs, conv.weight(), cfg.stride, cfg.padding)
 }
 
 /// A bottleneck block: 1×1 reduce, 3×3 (carrying the stride), 1×1 expand ×4, plus the shortcut.
@@ -167,7 +160,8 @@ mod tests {
         let plain = x.as_tensor().conv2d(c.weight(), 1, 2, 1, 1)?;
         let ours = conv2d(x.as_tensor(), &c)?;
         assert_eq!(ours.dims(), [1, 3, 14, 12]);
-        assert_eq!((ours.clone() - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        // Same sums in another order: f32 rounding differences only.
+        assert!((ours.clone() - &plain)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         assert!(plain.sum_all()?.backward().is_err(), "candle's own backward still fails here; drop the workaround once it does not");
         let g = ours.sum_all()?.backward()?;
         assert_eq!(g.get(&x).unwrap().dims(), [1, 2, 28, 23]);

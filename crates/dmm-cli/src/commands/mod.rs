@@ -1,6 +1,7 @@
 //! One module per `dmm` subcommand, each with plain functions taking the parsed flags.
 
 pub mod annotate;
+pub mod bench;
 pub mod dataset;
 pub mod forward;
 pub mod train;

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::cli::{EvalArgs, TrainArgs, WeightingArg};
 
 /// Parses `HxW` or `native`.
-fn parse_size(s: &str) -> anyhow::Result<Option<(usize, usize)>> {
+pub(crate) fn parse_size(s: &str) -> anyhow::Result<Option<(usize, usize)>> {
     if s == "native" {
         return Ok(None);
     }

@@ -1,0 +1,73 @@
+"""PyTorch reference for `dmm bench`: the same DMM-CNN (the definition in
+crates/dmm-model/tests/fixtures/make_fixtures.py, which the parity tests check against ours), the
+same step (forward, MSE on attributes and landmarks, backward, SGD with momentum 0.9 and weight decay
+5e-4) or eval-mode forward, same width, input size and batch. Prints the median seconds per call.
+
+    python3 bench/torch_bench.py train-step --width 64 --size 112x112 --batch 8 --iters 5 --json
+
+`cargo xtask bench` runs it interleaved with `dmm bench` and prints the ratios.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+_spec = importlib.util.spec_from_file_location("fixtures", os.path.join(ROOT, "crates/dmm-model/tests/fixtures/make_fixtures.py"))
+fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fixtures)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["train-step", "forward"])
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--size", default="112x112")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    h, w = (int(v) for v in a.size.split("x"))
+    torch.manual_seed(0)
+    model = fixtures.Dmm(a.width, 68, fixtures.read_groups())
+    x = torch.randn(a.batch, 3, h, w)
+    if a.mode == "train-step":
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        t_attr = torch.randn(a.batch, 40).sign()
+        t_lm = torch.rand(a.batch, 136)
+
+        def step():
+            _, attrs, lms = model(x)
+            loss = F.mse_loss(attrs, t_attr) + F.mse_loss(lms, t_lm)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                model(x)
+
+    step()  # warm-up
+    times = []
+    for _ in range(a.iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    out = {"median_s": median, "images_per_s": a.batch / median}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"torch {a.mode} width {a.width} {h}x{w} batch {a.batch}: median {median:.3f} s, {out['images_per_s']:.1f} images/s ({torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()

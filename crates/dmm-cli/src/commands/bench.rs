@@ -1,0 +1,69 @@
+//! `dmm bench`: the median time of one training step (forward in train mode, MSE on attributes and
+//! landmarks, backward, SGD with momentum and weight decay) or one eval-mode forward of DMM-CNN at
+//! a width, input size and batch, on random data. `bench/torch_bench.py` times the same network
+//! and step in PyTorch; `cargo xtask bench` runs both and prints the ratios.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use dmm_model::{DmmModel, ModelConfig};
+use dmm_policy::SgdConfig;
+use dmm_train::optim::Sgd;
+use serde_json::json;
+
+use crate::cli::{BenchArgs, BenchMode};
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let (h, w) = crate::commands::train::parse_size(&args.size)?.ok_or_else(|| anyhow::anyhow!("--size must be HxW"))?;
+    let device = Device::Cpu;
+    let config = ModelConfig { width: args.width, ..ModelConfig::paper() };
+    let (model, varmap) = DmmModel::fresh(&config, &device)?;
+    dmm_model::init::seeded(&varmap, 0)?;
+    let b = args.batch;
+    let x = Tensor::randn(0f32, 1., (b, 3, h, w), &device)?;
+    let t_attr = Tensor::randn(0f32, 1., (b, 40), &device)?.sign()?;
+    let t_lm = Tensor::rand(0f32, 1., (b, 2 * config.n_points), &device)?;
+    let mut sgd = Sgd::new(&varmap, SgdConfig::paper());
+    let mut step = || -> anyhow::Result<()> {
+        match args.mode {
+            BenchMode::TrainStep => {
+                let out = model.forward_t(&x, true)?;
+                let lm = out.landmarks.ok_or_else(|| anyhow::anyhow!("DMM-CNN has a landmark head"))?;
+                let loss = ((out.attributes - &t_attr)?.sqr()?.mean_all()? + (lm - &t_lm)?.sqr()?.mean_all()?)?;
+                let grads = loss.backward()?;
+                sgd.step(&grads, 1e-3, None)?;
+            }
+            BenchMode::Forward => {
+                let out = model.forward_t(&x, false)?;
+                out.attributes.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            }
+        }
+        Ok(())
+    };
+    step()?; // warm-up
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters.max(1) {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let rate = b as f64 / median;
+    let mode = match args.mode {
+        BenchMode::TrainStep => "train-step",
+        BenchMode::Forward => "forward",
+    };
+    let text = if args.json {
+        json!({"median_s": median, "images_per_s": rate}).to_string() + "\n"
+    } else {
+        format!(
+            "dmm {mode} width {} {h}x{w} batch {b}: median {median:.3} s, {rate:.1} images/s ({} iterations, {} threads)\n",
+            args.width,
+            times.len(),
+            candle_core::utils::get_num_threads()
+        )
+    };
+    crate::output::print(&text)
+}
