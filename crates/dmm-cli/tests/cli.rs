@@ -270,3 +270,16 @@ fn text_split_without_mat_says_how_to_get_it() {
     let line = one_error(&["dataset", "text-split", "--root", "data/lfwa"]);
     assert!(line.contains("--features mat"), "{line}");
 }
+
+#[test]
+fn bench_prints_the_median_as_json() {
+    for mode in ["train-step", "forward"] {
+        let out = dmm(&["bench", mode, "--width", "2", "--size", "64x52", "--batch", "2", "--iters", "2", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (t, rate) = (v["median_s"].as_f64().unwrap(), v["images_per_s"].as_f64().unwrap());
+        assert!(t > 0.0 && (rate * t - 2.0).abs() < 1e-9, "{v}");
+    }
+    let line = one_error(&["bench", "forward", "--size", "big"]);
+    assert!(line.contains("HxW") || line.contains("big"), "{line}");
+}
