@@ -1,7 +1,7 @@
 //! `dmm-model`: the DMM-CNN network on candle.
 //!
 //! This crate owns the trainable ResNet-50 trunk ([`trunk`]) with convolutions as matrix products
-//! ([`conv`]), max and adaptive max pooling with a
+//! ([`conv`]) and fused batch normalization ([`norm`]), max and adaptive max pooling with a
 //! correct backward and spatial pyramid pooling ([`pool`]), the attribute and landmark heads and
 //! the seven variants of Table 1 ([`model`], [`variant`]), and weight I/O: ImageNet trunk weights
 //! from a safetensors file or the Hugging Face Hub, and full checkpoints with the metadata that
@@ -18,6 +18,7 @@ pub mod conv;
 pub mod init;
 mod error;
 pub mod model;
+pub mod norm;
 pub mod pool;
 pub mod trunk;
 pub mod variant;

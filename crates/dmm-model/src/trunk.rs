@@ -7,8 +7,10 @@
 //! `width` scales every channel count (64 = the standard network); candle's own ResNet cannot be
 //! used because it hard-codes eval-mode batch norm and its stem max-pool cannot be differentiated.
 
-use candle_core::{ModuleT, Result, Tensor};
-use candle_nn::{batch_norm, conv2d_no_bias, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::norm::BatchNorm2d as BatchNorm;
 
 use crate::pool::max_pool2d;
 
@@ -21,9 +23,7 @@ pub fn trunk_channels(width: usize) -> usize {
 }
 
 fn bn(c: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    // PyTorch's defaults: eps 1e-5, momentum 0.1, affine.
-    let cfg = BatchNormConfig { eps: 1e-5, momentum: 0.1, ..Default::default() };
-    batch_norm(c, cfg, vb)
+    BatchNorm::new(c, vb)
 }
 
 fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
