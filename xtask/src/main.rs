@@ -44,7 +44,7 @@ enum Command {
     /// the seven variants of Table 1 and the weighting schemes of Table 2 on CelebA, LFWA
     /// fine-tuning of each, test evaluation, then OUT/report.md with SVG figures. Finished runs
     /// are reused, so an interrupted reproduce continues where it stopped. `--preset mini` runs on
-    /// the bundled sample in about ten minutes on two cores.
+    /// the bundled sample in a few minutes on two cores once dmm is built.
     Reproduce {
         #[command(flatten)]
         exp: ExperimentArgs,

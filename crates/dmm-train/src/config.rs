@@ -108,7 +108,7 @@ impl TrainConfig {
                 rescale_dw: true,
                 ..base
             },
-            // The bundled sample on a CPU: about a minute per run on one core, so that `cargo xtask
+            // The bundled sample on a CPU: under half a minute per run on one core, so that `cargo xtask
             // reproduce --preset mini` (20 runs, two at a time on two cores) takes minutes.
             "mini" => Self {
                 width: 8,
