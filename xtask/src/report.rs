@@ -28,6 +28,8 @@ pub struct Rec {
     pub lambda: Vec<f64>,
     /// τ after the update.
     pub tau: Vec<f64>,
+    /// Mean accuracy with the thresholds in use.
+    pub mean_accuracy: f64,
     /// Images evaluated.
     pub n_eval: u64,
     /// Split evaluated.
@@ -247,29 +249,18 @@ pub fn write_report(settings: &Settings, command: &str) -> anyhow::Result<(PathB
     for ds in [Ds::Celeba, Ds::Lfwa] {
         for name in VARIANTS.iter().map(|v| v.0.to_string()).chain(SCHEMES.iter().filter(|s| s.0 != "dw").map(|s| scheme_run(s.0))) {
             let dir = run_dir(out, ds, &name);
-            let Some(r) = (if SCHEMES.iter().any(|s| scheme_run(s.0) == name && s.0 != "dw") { scheme_of(ds, &name) } else { find(ds, &name) }) else {
+            let Some(r) = find(ds, &name).or_else(|| scheme_of(ds, &name)) else {
                 let _ = writeln!(md, "| `{}` | not finished | | | | |", dir.display());
                 continue;
             };
             let time = r.log.as_ref().map(|l| format!("{:.0} s{}", l.train_seconds, l.threads.map(|t| format!(" ({t} thread{})", if t == 1 { "" } else { "s" })).unwrap_or_default())).unwrap_or("—".into());
             let cmd = r.log.as_ref().map(|l| format!("`{}`", l.train_command)).unwrap_or("—".into());
-            let _ = writeln!(md, "| `{}` | {} | {} | {:.2} | {time} | {cmd} |", dir.display(), r.records.len(), last_eval_acc(&dir), 100.0 * r.test.mean_accuracy);
+            let _ = writeln!(md, "| `{}` | {} | {} | {:.2} | {time} | {cmd} |", dir.display(), r.records.len(), pct(r.records.last().map(|x| x.mean_accuracy)), 100.0 * r.test.mean_accuracy);
         }
     }
     let path = out.join("report.md");
     crate::runs::write(&path, &md)?;
     Ok((path, missing))
-}
-
-fn last_eval_acc(dir: &Path) -> String {
-    // `Rec` keeps only what the figures need; read the accuracy of the last record directly.
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .ok()
-        .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()).map(String::from))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-        .and_then(|v| v.get("mean_accuracy").and_then(|a| a.as_f64()))
-        .map(|a| format!("{:.2}", 100.0 * a))
-        .unwrap_or("—".into())
 }
 
 fn pct(v: Option<f64>) -> String {

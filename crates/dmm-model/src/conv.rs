@@ -12,6 +12,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::pool::contiguous;
+
 /// `xs` `[n, c_in, h, w]` convolved with `weight` `[c_out, c_in, kh, kw]`, square `stride` and
 /// `padding`, no bias, differentiable in both arguments.
 ///
@@ -121,13 +123,6 @@ impl Im2Col {
     }
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("im2col: input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "im2col"
@@ -137,8 +132,8 @@ impl CustomOp1 for Im2Col {
         let (n, c, h, w) = layout.shape().dims4()?;
         let shape = Shape::from((c * self.kh * self.kw, n * self.oh * self.ow));
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.unfold(contiguous(v, layout)?, n, c, h, w)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.unfold(contiguous(v, layout)?, n, c, h, w)),
+            CpuStorage::F32(v) => CpuStorage::F32(self.unfold(contiguous(v, layout, "im2col: input")?, n, c, h, w)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.unfold(contiguous(v, layout, "im2col: input")?, n, c, h, w)),
             s => candle_core::bail!("im2col: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, shape))
@@ -173,8 +168,8 @@ impl CustomOp1 for Col2Im {
         let c = ckk / kk;
         let shape = Shape::from((c, n, self.h, self.w));
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.im2col.fold(contiguous(v, layout)?, n, c, self.h, self.w)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.im2col.fold(contiguous(v, layout)?, n, c, self.h, self.w)),
+            CpuStorage::F32(v) => CpuStorage::F32(self.im2col.fold(contiguous(v, layout, "im2col: input")?, n, c, self.h, self.w)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.im2col.fold(contiguous(v, layout, "im2col: input")?, n, c, self.h, self.w)),
             s => candle_core::bail!("col2im: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, shape))

@@ -15,6 +15,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var, Wit
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::pool::contiguous;
+
 /// PyTorch's defaults.
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -96,13 +98,6 @@ struct BnTrain {
     stats: BatchStats,
 }
 
-fn slice<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("batch norm: inputs must be contiguous"),
-    }
-}
-
 fn forward<T: WithDType>(xs: &[T], g: &[T], b: &[T], dims: (usize, usize, usize)) -> (Vec<T>, Vec<(f64, f64)>) {
     let (n, c, hw) = dims;
     let stats = channel_stats(xs, n, c, hw);
@@ -134,11 +129,11 @@ impl CustomOp3 for BnTrain {
         let dims = (n, c, h * w);
         let (out, stats) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let (o, s) = forward(slice(x, l1)?, slice(g, l2)?, slice(b, l3)?, dims);
+                let (o, s) = forward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(b, l3, "batch norm: inputs")?, dims);
                 (CpuStorage::F32(o), s)
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                let (o, s) = forward(slice(x, l1)?, slice(g, l2)?, slice(b, l3)?, dims);
+                let (o, s) = forward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(b, l3, "batch norm: inputs")?, dims);
                 (CpuStorage::F64(o), s)
             }
             _ => candle_core::bail!("batch norm: unsupported or mixed dtypes ({:?})", s1.dtype()),
@@ -211,8 +206,8 @@ impl CustomOp3 for BnTrainBackward {
         let (n, c, h, w) = l1.shape().dims4()?;
         let dims = (n, c, h * w);
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(d)) => CpuStorage::F32(backward(slice(x, l1)?, slice(g, l2)?, slice(d, l3)?, dims)),
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(d)) => CpuStorage::F64(backward(slice(x, l1)?, slice(g, l2)?, slice(d, l3)?, dims)),
+            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(d)) => CpuStorage::F32(backward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(d, l3, "batch norm: inputs")?, dims)),
+            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(d)) => CpuStorage::F64(backward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(d, l3, "batch norm: inputs")?, dims)),
             _ => candle_core::bail!("batch norm backward: unsupported or mixed dtypes"),
         };
         Ok((out, Shape::from(n * c * h * w + 2 * c)))

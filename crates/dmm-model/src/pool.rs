@@ -122,10 +122,11 @@ impl WindowMaxPool {
     }
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+/// The elements of a contiguous CPU tensor; custom-op kernels of this crate index them directly.
+pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("window max-pool: {what} must be contiguous"),
+        None => candle_core::bail!("{what} must be contiguous"),
     }
 }
 
@@ -138,8 +139,8 @@ impl CustomOp1 for WindowMaxPool {
         let (n, c, h, w) = self.check(layout)?;
         let shape = Shape::from((n, c, self.rows.len(), self.cols.len()));
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.fwd(contiguous(v, layout, "input")?, n * c, h, w)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.fwd(contiguous(v, layout, "input")?, n * c, h, w)),
+            CpuStorage::F32(v) => CpuStorage::F32(self.fwd(contiguous(v, layout, "window max-pool: input")?, n * c, h, w)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.fwd(contiguous(v, layout, "window max-pool: input")?, n * c, h, w)),
             s => candle_core::bail!("window max-pool: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, shape))
@@ -167,10 +168,10 @@ impl CustomOp2 for WindowMaxPoolBackward {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(pool.bwd_kernel(contiguous(x, l1, "input")?, contiguous(g, l2, "gradient")?, n * c, h, w))
+                CpuStorage::F32(pool.bwd_kernel(contiguous(x, l1, "window max-pool: input")?, contiguous(g, l2, "window max-pool: gradient")?, n * c, h, w))
             }
             (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(pool.bwd_kernel(contiguous(x, l1, "input")?, contiguous(g, l2, "gradient")?, n * c, h, w))
+                CpuStorage::F64(pool.bwd_kernel(contiguous(x, l1, "window max-pool: input")?, contiguous(g, l2, "window max-pool: gradient")?, n * c, h, w))
             }
             _ => candle_core::bail!("window max-pool backward: unsupported or mixed dtypes"),
         };
