@@ -11,6 +11,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Training allocates and frees activation-sized buffers every step; glibc hands the big ones
+/// back to the kernel each time, so each step pays fresh zeroed pages. mimalloc keeps them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match run(args) {

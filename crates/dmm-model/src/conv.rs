@@ -1,18 +1,24 @@
-//! Convolution as matrix products, forward and both gradients: a 1×1 convolution is one batched
-//! matrix product (stride 2 first takes every second row and column), any other kernel unfolds
-//! the input into columns ([`Im2Col`], whose backward folds them back) and multiplies. candle's
-//! own conv2d backward runs the input gradient through a direct `conv_transpose2d` loop several
-//! times slower than the forward and the weight gradient through another convolution; here both
-//! gradients are the gemm products of candle's matmul backward, plus a fold.
+//! Convolution as one graph node whose forward and both gradients are matrix products, image by
+//! image: `Y_b = W · cols(x_b)`, `∂W = Σ_b ∂Y_b · cols(x_b)ᵀ`, `∂x_b = fold(Wᵀ · ∂Y_b)`, where `cols`
+//! unfolds one image into `[c_in·kh·kw, oh·ow]` (a 1×1, stride-1 convolution reads the image
+//! itself) and `fold` is its adjoint. The products go straight to the `gemm` crate candle itself
+//! uses, writing NCHW in place, so there are no layout copies and no graph nodes in between: each
+//! node costs candle's backward a zero-filled buffer and an add, and the unfolded columns, 9× the
+//! input for a 3×3 kernel, are rebuilt in the weight gradient instead of kept (PyTorch's memory
+//! habit). A batch at least as large as the thread count runs one image per thread; smaller ones
+//! let the product use the threads.
 //!
-//! Numbers are those of candle's conv2d (tested against it, forward and gradients, and through the
-//! trunk against the PyTorch fixtures); the layout rules are PyTorch's (no ceil mode, zero padding).
+//! candle's own conv2d backward runs the input gradient through a direct `conv_transpose2d` loop
+//! several times slower than the forward, and gets `output_padding` wrong for strided convs whose
+//! axes leave different remainders. Numbers equal candle's conv2d (tested against it and a loop
+//! reference in f64, and through the trunk against the PyTorch fixtures); layout rules are
+//! PyTorch's (no ceil mode, zero padding).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::pool::contiguous;
+use crate::gemm::{all_threads, binary_kernel, matmul, Mat};
 
 /// `xs` `[n, c_in, h, w]` convolved with `weight` `[c_out, c_in, kh, kw]`, square `stride` and
 /// `padding`, no bias, differentiable in both arguments.
@@ -20,38 +26,49 @@ use crate::pool::contiguous;
 /// # Shapes
 /// `[n, c_in, h, w] → [n, c_out, ⌊(h + 2p − kh)/s⌋ + 1, ⌊(w + 2p − kw)/s⌋ + 1]`
 pub fn conv2d(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
-    let (n, c_in, h, w) = xs.dims4()?;
-    let (c_out, wc_in, kh, kw) = weight.dims4()?;
-    if wc_in != c_in || stride == 0 || h + 2 * padding < kh || w + 2 * padding < kw {
-        candle_core::bail!("conv2d: input {:?}, weight {:?}, stride {stride}, padding {padding} do not fit", xs.dims(), weight.dims())
+    let g = Geometry::new(xs, weight, stride, padding)?;
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g, epilogue: None })
+}
+
+/// Eval mode's convolution + batch norm (+ ReLU): `y = scale·conv(x, w) + shift` per output
+/// channel, clamped at 0 with `relu`, applied to each image's product while it is still in
+/// cache: the batch norm folded into the convolution. No backward (training normalizes with
+/// batch statistics).
+pub fn conv2d_affine(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize, scale: Vec<f64>, shift: Vec<f64>, relu: bool) -> candle_core::Result<Tensor> {
+    let g = Geometry::new(xs, weight, stride, padding)?;
+    if scale.len() != g.c_out || shift.len() != g.c_out {
+        candle_core::bail!("conv2d_affine: {} scales and {} shifts for {} channels", scale.len(), shift.len(), g.c_out)
     }
-    let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
-    let k = c_in * kh * kw;
-    // Columns `[c_in·kh·kw, n·oh·ow]`: the batch sits in the columns, so the convolution of the
-    // whole batch is one matrix product.
-    let cols = if kh == 1 && kw == 1 && padding == 0 {
-        let xs = if stride == 1 { xs.clone() } else { subsample(xs, stride, oh, ow)? };
-        xs.transpose(0, 1)?.reshape((k, n * oh * ow))?
-    } else {
-        xs.contiguous()?.apply_op1(Im2Col { kh, kw, stride, padding, oh, ow })?
-    };
-    let ys = weight.reshape((c_out, k))?.matmul(&cols)?; // [c_out, n·oh·ow]
-    ys.reshape((c_out, n, oh, ow))?.transpose(0, 1)?.contiguous()
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g, epilogue: Some(Epilogue { scale, shift, relu }) })
 }
 
-/// Every `stride`-th row and column starting at 0, from differentiable reshapes: pad to a
-/// multiple of the stride, view as `[n, c, oh, s, ow, s]`, keep index 0.
-fn subsample(xs: &Tensor, s: usize, oh: usize, ow: usize) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = xs.dims4()?;
-    let xs = if h < oh * s { xs.pad_with_zeros(2, 0, oh * s - h)? } else { xs.narrow(2, 0, oh * s)? };
-    let xs = if w < ow * s { xs.pad_with_zeros(3, 0, ow * s - w)? } else { xs.narrow(3, 0, ow * s)? };
-    xs.reshape((n, c, oh, s, ow, s))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((n, c, oh, ow))
+/// The per-channel map [`conv2d_affine`] applies to the product.
+struct Epilogue {
+    scale: Vec<f64>,
+    shift: Vec<f64>,
+    relu: bool,
 }
 
-/// Unfolds `[n, c, h, w]` into `[c·kh·kw, n·oh·ow]`: row `(c, i, j)`, column `(b, y, x)` holds
-/// the input at `(b, c, y·s − p + i, x·s − p + j)`, zero outside.
+impl Epilogue {
+    /// Applies the map to one image's output `[c_out, l]`.
+    fn apply<T: WithDType>(&self, y: &mut [T], l: usize) {
+        let floor = if self.relu { 0.0 } else { f64::NEG_INFINITY };
+        for ((row, &a), &b) in y.chunks_mut(l).zip(&self.scale).zip(&self.shift) {
+            for v in row {
+                *v = T::from_f64((v.to_f64() * a + b).max(floor));
+            }
+        }
+    }
+}
+
+/// Every size of one convolution.
 #[derive(Debug, Clone, Copy)]
-pub struct Im2Col {
+struct Geometry {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
     kh: usize,
     kw: usize,
     stride: usize,
@@ -60,119 +77,276 @@ pub struct Im2Col {
     ow: usize,
 }
 
-impl Im2Col {
-    /// The input row/column read by output `o` at kernel offset `k`, if inside `len`.
-    #[inline]
-    fn src(&self, o: usize, k: usize, len: usize) -> Option<usize> {
-        let v = (o * self.stride + k) as isize - self.padding as isize;
-        (v >= 0 && (v as usize) < len).then_some(v as usize)
-    }
-
-    /// The unfold itself (see the type's docs), parallel over channels.
-    fn unfold<T: candle_core::WithDType>(&self, xs: &[T], n: usize, c: usize, h: usize, w: usize) -> Vec<T> {
-        let (kk, l) = (self.kh * self.kw, self.oh * self.ow);
-        let mut out = vec![T::zero(); c * kk * n * l];
-        // One chunk per channel: its kh·kw rows, each n·l long.
-        out.par_chunks_mut(kk * n * l).enumerate().for_each(|(ch, o)| {
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let row = &mut o[(i * self.kw + j) * n * l..(i * self.kw + j + 1) * n * l];
-                    for b in 0..n {
-                        let plane = &xs[(b * c + ch) * h * w..(b * c + ch + 1) * h * w];
-                        for y in 0..self.oh {
-                            let Some(sy) = self.src(y, i, h) else { continue };
-                            let src = &plane[sy * w..(sy + 1) * w];
-                            let dst = &mut row[b * l + y * self.ow..b * l + (y + 1) * self.ow];
-                            for (x, d) in dst.iter_mut().enumerate() {
-                                if let Some(sx) = self.src(x, j, w) {
-                                    *d = src[sx];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        out
-    }
-
-    /// The adjoint of [`Self::unfold`], written channel-major: `[c, n, h, w]`.
-    fn fold<T: candle_core::WithDType + std::ops::AddAssign>(&self, cols: &[T], n: usize, c: usize, h: usize, w: usize) -> Vec<T> {
-        let (kk, l) = (self.kh * self.kw, self.oh * self.ow);
-        let mut out = vec![T::zero(); c * n * h * w];
-        out.par_chunks_mut(n * h * w).zip(cols.par_chunks(kk * n * l)).for_each(|(planes, o)| {
-            for i in 0..self.kh {
-                for j in 0..self.kw {
-                    let row = &o[(i * self.kw + j) * n * l..(i * self.kw + j + 1) * n * l];
-                    for b in 0..n {
-                        let plane = &mut planes[b * h * w..(b + 1) * h * w];
-                        for y in 0..self.oh {
-                            let Some(sy) = self.src(y, i, h) else { continue };
-                            let dst = &mut plane[sy * w..(sy + 1) * w];
-                            for (x, &g) in row[b * l + y * self.ow..b * l + (y + 1) * self.ow].iter().enumerate() {
-                                if let Some(sx) = self.src(x, j, w) {
-                                    dst[sx] += g;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        out
-    }
-}
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = layout.shape().dims4()?;
-        let shape = Shape::from((c * self.kh * self.kw, n * self.oh * self.ow));
-        let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.unfold(contiguous(v, layout, "im2col: input")?, n, c, h, w)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.unfold(contiguous(v, layout, "im2col: input")?, n, c, h, w)),
-            s => candle_core::bail!("im2col: unsupported dtype {:?}", s.dtype()),
-        };
-        Ok((out, shape))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (n, _, h, w) = arg.dims4()?;
-        // Folded channel-major, then viewed as [n, c, h, w].
-        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im { im2col: *self, n, h, w })?.transpose(0, 1)?))
-    }
-}
-
-/// The backward of [`Im2Col`]: sums each column entry back into the input position it came from.
-struct Col2Im {
-    im2col: Im2Col,
-    n: usize,
-    h: usize,
-    w: usize,
-}
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "col2im"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (ckk, nl) = layout.shape().dims2()?;
-        let (n, kk) = (self.n, self.im2col.kh * self.im2col.kw);
-        if ckk % kk != 0 || nl != n * self.im2col.oh * self.im2col.ow {
-            candle_core::bail!("col2im: columns {:?} do not match the unfold", layout.shape())
+impl Geometry {
+    fn new(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Self> {
+        let (n, c_in, h, w) = xs.dims4()?;
+        let (c_out, wc_in, kh, kw) = weight.dims4()?;
+        if wc_in != c_in || stride == 0 || h + 2 * padding < kh || w + 2 * padding < kw {
+            candle_core::bail!("conv2d: input {:?}, weight {:?}, stride {stride}, padding {padding} do not fit", xs.dims(), weight.dims())
         }
-        let c = ckk / kk;
-        let shape = Shape::from((c, n, self.h, self.w));
-        let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.im2col.fold(contiguous(v, layout, "im2col: input")?, n, c, self.h, self.w)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.im2col.fold(contiguous(v, layout, "im2col: input")?, n, c, self.h, self.w)),
-            s => candle_core::bail!("col2im: unsupported dtype {:?}", s.dtype()),
+        let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
+        Ok(Self { n, c_in, h, w, c_out, kh, kw, stride, padding, oh, ow })
+    }
+
+    /// Rows of the unfolded columns, `c_in·kh·kw`.
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// Output positions per image, `oh·ow`.
+    fn l(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    fn image(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    fn output(&self) -> usize {
+        self.c_out * self.l()
+    }
+
+    /// 1×1, stride 1, no padding: the image is its own column matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// The input row read by output row `y` at kernel row `i`, if inside the image.
+    fn src_row(&self, y: usize, i: usize) -> Option<usize> {
+        let v = (y * self.stride + i) as isize - self.padding as isize;
+        (v >= 0 && (v as usize) < self.h).then_some(v as usize)
+    }
+
+    /// The output columns `x0..x1` whose input column `x·s − p + j` lies inside the image.
+    fn valid_cols(&self, j: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.padding);
+        let x0 = if j >= p { 0 } else { (p - j).div_ceil(s) };
+        let x1 = if self.w + p <= j { 0 } else { (self.w + p - j).div_ceil(s) };
+        let x1 = x1.min(self.ow);
+        (x0.min(x1), x1)
+    }
+
+    fn input_dims(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+
+    fn weight_dims(&self) -> [usize; 4] {
+        [self.c_out, self.c_in, self.kh, self.kw]
+    }
+
+    fn output_dims(&self) -> [usize; 4] {
+        [self.n, self.c_out, self.oh, self.ow]
+    }
+
+    /// Fails unless the operand laid out as `layout` has shape `want`.
+    fn expect(layout: &Layout, want: [usize; 4], what: &str) -> candle_core::Result<()> {
+        if layout.shape().dims() != want {
+            candle_core::bail!("{what}: operand {:?} is not the {want:?} this convolution was built for", layout.shape())
+        }
+        Ok(())
+    }
+
+    /// Unfolds one image `[c_in, h, w]` into `cols` `[c_in·kh·kw, oh·ow]`: row `(c, i, j)`, column
+    /// `(y, x)` holds the input at `(c, y·s − p + i, x·s − p + j)`, zero outside.
+    fn unfold<T: WithDType>(&self, x: &[T], cols: &mut Vec<T>) {
+        let (l, ow, s) = (self.l(), self.ow, self.stride);
+        cols.resize(self.k() * l, T::zero());
+        for (r, row) in cols.chunks_mut(l).enumerate() {
+            let (c, i, j) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let (x0, x1) = self.valid_cols(j);
+            for (y, dst) in row.chunks_mut(ow).enumerate() {
+                let Some(sy) = self.src_row(y, i) else {
+                    dst.fill(T::zero());
+                    continue;
+                };
+                dst[..x0].fill(T::zero());
+                dst[x1..].fill(T::zero());
+                let src = &plane[sy * self.w..(sy + 1) * self.w];
+                if s == 1 {
+                    dst[x0..x1].copy_from_slice(&src[x0 + j - self.padding..x1 + j - self.padding]);
+                } else {
+                    for (x, d) in dst.iter_mut().enumerate().take(x1).skip(x0) {
+                        *d = src[x * s + j - self.padding];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Self::unfold`]: adds every column entry into the input position it was
+    /// read from; `x` `[c_in, h, w]` is overwritten.
+    fn fold<T: WithDType>(&self, cols: &[T], x: &mut [T]) {
+        let (l, ow, s) = (self.l(), self.ow, self.stride);
+        x.fill(T::zero());
+        for (r, row) in cols.chunks(l).enumerate() {
+            let (c, i, j) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+            let plane = &mut x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let (x0, x1) = self.valid_cols(j);
+            for (y, src) in row.chunks(ow).enumerate() {
+                let Some(sy) = self.src_row(y, i) else { continue };
+                let dst = &mut plane[sy * self.w..(sy + 1) * self.w];
+                for (x, &g) in src.iter().enumerate().take(x1).skip(x0) {
+                    dst[x * s + j - self.padding] += g;
+                }
+            }
+        }
+    }
+
+    /// Runs `f(b, out_b, scratch, parallelism)` for every image `b`, `out` cut in `chunk`s: one
+    /// image per thread when the batch fills the threads, else one at a time with a parallel gemm.
+    fn per_image<T: Send, F>(&self, out: &mut [T], chunk: usize, f: F)
+    where
+        F: Fn(usize, &mut [T], &mut Vec<T>, Parallelism) + Sync,
+    {
+        let threads = rayon::current_num_threads();
+        if threads > 1 && self.n >= threads {
+            out.par_chunks_mut(chunk).enumerate().for_each_init(Vec::new, |buf, (b, o)| f(b, o, buf, Parallelism::None));
+        } else {
+            let par = all_threads();
+            let mut buf = Vec::new();
+            out.chunks_mut(chunk).enumerate().for_each(|(b, o)| f(b, o, &mut buf, par));
+        }
+    }
+
+    /// The columns of image `b`: the image itself when pointwise, else unfolded into `buf`.
+    fn cols<'a, T: WithDType>(&self, x: &'a [T], b: usize, buf: &'a mut Vec<T>) -> &'a [T] {
+        let image = &x[b * self.image()..(b + 1) * self.image()];
+        if self.pointwise() {
+            image
+        } else {
+            self.unfold(image, buf);
+            buf
+        }
+    }
+
+    /// Forward: `Y_b = W · cols(x_b)`, written into the NCHW output, then the epilogue if any.
+    fn forward<T: WithDType>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
+        let (k, l) = (self.k(), self.l());
+        let mut out = vec![T::zero(); self.n * self.output()];
+        self.per_image(&mut out, self.output(), |b, y, buf, par| {
+            let cols = self.cols(x, b, buf);
+            matmul(y, Mat::rows(wt, self.c_out, k), Mat::rows(cols, k, l), false, par);
+            if let Some(e) = epilogue {
+                e.apply(y, l);
+            }
+        });
+        out
+    }
+
+    /// Input gradient: `∂x_b = fold(Wᵀ · ∂Y_b)`.
+    fn input_grad<T: WithDType>(&self, dy: &[T], wt: &[T]) -> Vec<T> {
+        let (k, l) = (self.k(), self.l());
+        let mut out = vec![T::zero(); self.n * self.image()];
+        self.per_image(&mut out, self.image(), |b, gx, buf, par| {
+            let dy = Mat::rows(&dy[b * self.output()..(b + 1) * self.output()], self.c_out, l);
+            if self.pointwise() {
+                matmul(gx, Mat::rows(wt, self.c_out, k).t(), dy, false, par);
+            } else {
+                buf.resize(k * l, T::zero());
+                matmul(buf, Mat::rows(wt, self.c_out, k).t(), dy, false, par);
+                self.fold(buf, gx);
+            }
+        });
+        out
+    }
+
+    /// Weight gradient: `∂W = Σ_b ∂Y_b · cols(x_b)ᵀ`, one partial sum per thread.
+    fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T]) -> Vec<T> {
+        let (k, l, size) = (self.k(), self.l(), self.c_out * self.k());
+        let add = |gw: &mut Vec<T>, b: usize, buf: &mut Vec<T>, par| {
+            let cols = self.cols(x, b, buf);
+            let dy = Mat::rows(&dy[b * self.output()..(b + 1) * self.output()], self.c_out, l);
+            let first = gw.is_empty();
+            gw.resize(size, T::zero());
+            matmul(gw, dy, Mat::rows(cols, k, l).t(), !first, par);
         };
-        Ok((out, shape))
+        let threads = rayon::current_num_threads();
+        let gw = if threads > 1 && self.n >= threads {
+            (0..self.n)
+                .into_par_iter()
+                .fold(|| (Vec::new(), Vec::new()), |(mut gw, mut buf), b| {
+                    add(&mut gw, b, &mut buf, Parallelism::None);
+                    (gw, buf)
+                })
+                .map(|(gw, _)| gw)
+                .reduce(Vec::new, |a, b| match (a.is_empty(), b.is_empty()) {
+                    (true, _) => b,
+                    (_, true) => a,
+                    _ => a.iter().zip(&b).map(|(&u, &v)| u + v).collect(),
+                })
+        } else {
+            let par = all_threads();
+            let (mut gw, mut buf) = (Vec::new(), Vec::new());
+            (0..self.n).for_each(|b| add(&mut gw, b, &mut buf, par));
+            gw
+        };
+        if gw.is_empty() { vec![T::zero(); size] } else { gw }
+    }
+}
+
+/// The convolution node: `(x, weight) → y`, with an eval-mode epilogue or differentiable.
+struct Conv2d {
+    g: Geometry,
+    epilogue: Option<Epilogue>,
+}
+
+/// `∂Y, W → ∂x`, no graph of its own.
+struct InputGrad(Geometry);
+
+/// `x, ∂Y → ∂W`, no graph of its own.
+struct WeightGrad(Geometry);
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        Geometry::expect(l1, g.input_dims(), "conv2d")?;
+        Geometry::expect(l2, g.weight_dims(), "conv2d")?;
+        let out = binary_kernel!("conv2d", s1, l1, s2, l2, |x, w| g.forward(x, w, self.epilogue.as_ref()));
+        Ok((out, Shape::from(g.output_dims().to_vec())))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.epilogue.is_some() {
+            candle_core::bail!("conv2d_affine is eval mode's fused batch norm and has no backward")
+        }
+        let grad = grad.contiguous()?;
+        // The image fed to the stem needs no gradient; its product would be the stem's biggest.
+        let gx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &InputGrad(self.g))?) } else { None };
+        let gw = if w.track_op() { Some(x.apply_op2_no_bwd(&grad, &WeightGrad(self.g))?) } else { None };
+        Ok((gx, gw))
+    }
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        Geometry::expect(l1, g.output_dims(), "conv2d-input-grad")?;
+        Geometry::expect(l2, g.weight_dims(), "conv2d-input-grad")?;
+        let out = binary_kernel!("conv2d-input-grad", s1, l1, s2, l2, |dy, w| g.input_grad(dy, w));
+        Ok((out, Shape::from(g.input_dims().to_vec())))
+    }
+}
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        Geometry::expect(l1, g.input_dims(), "conv2d-weight-grad")?;
+        Geometry::expect(l2, g.output_dims(), "conv2d-weight-grad")?;
+        let out = binary_kernel!("conv2d-weight-grad", s1, l1, s2, l2, |x, dy| g.weight_grad(x, dy));
+        Ok((out, Shape::from(g.weight_dims().to_vec())))
     }
 }
 
@@ -190,15 +364,20 @@ mod tests {
     #[test]
     fn matches_candle_conv2d_forward_and_gradients() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        for &(c_in, c_out, k, s, p, h, w) in &[
-            (3, 4, 7, 2, 3, 21, 17),
-            (4, 5, 3, 1, 1, 9, 7),
-            (4, 5, 3, 2, 1, 10, 9),
-            (6, 3, 1, 1, 0, 5, 4),
-            (6, 3, 1, 2, 0, 7, 6),
-            (6, 3, 1, 2, 0, 6, 5),
+        // Batches of 1 (one image at a time, threaded products) and 3 (images across threads).
+        for &(n, c_in, c_out, k, s, p, h, w) in &[
+            (3, 3, 4, 7, 2, 3, 21, 17),
+            (1, 3, 4, 7, 2, 3, 21, 17),
+            (3, 4, 5, 3, 1, 1, 9, 7),
+            (1, 4, 5, 3, 2, 1, 10, 9),
+            (3, 4, 5, 3, 2, 1, 10, 9),
+            (3, 6, 3, 1, 1, 0, 5, 4),
+            (1, 6, 3, 1, 1, 0, 5, 4),
+            (3, 6, 3, 1, 2, 0, 7, 6),
+            (3, 6, 3, 1, 2, 0, 6, 5),
+            (2, 2, 3, 3, 1, 2, 2, 3),
         ] {
-            let x = Var::from_tensor(&Tensor::randn(0f64, 1., (2, c_in, h, w), &dev)?)?;
+            let x = Var::from_tensor(&Tensor::randn(0f64, 1., (n, c_in, h, w), &dev)?)?;
             let wt = Var::from_tensor(&Tensor::randn(0f64, 1., (c_out, c_in, k, k), &dev)?)?;
             let ours = conv2d(x.as_tensor(), wt.as_tensor(), s, p)?;
             let plain = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1)?;
@@ -213,6 +392,26 @@ mod tests {
             let (rx, rw) = reference_grads(x.as_tensor(), wt.as_tensor(), &up, s, p)?;
             assert!(max_diff(gx, &rx) < 1e-10, "input gradient k{k} s{s} h{h} w{w}");
             assert!(max_diff(gw, &rw) < 1e-10, "weight gradient k{k} s{s} h{h} w{w}");
+        }
+        Ok(())
+    }
+
+    /// The folded eval path equals the convolution followed by the per-channel map (and ReLU).
+    #[test]
+    fn affine_epilogue_equals_conv_then_map() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for n in [1, 3] {
+            let x = Tensor::randn(0f64, 1., (n, 4, 9, 7), &dev)?;
+            let w = Tensor::randn(0f64, 1., (5, 4, 3, 3), &dev)?;
+            let (scale, shift) = (vec![0.5, -1.0, 2.0, 0.0, 1.5], vec![0.1, 0.2, -0.3, 0.4, -0.5]);
+            let a = Tensor::new(scale.as_slice(), &dev)?.reshape((1, 5, 1, 1))?;
+            let b = Tensor::new(shift.as_slice(), &dev)?.reshape((1, 5, 1, 1))?;
+            let plain = conv2d(&x, &w, 2, 1)?.broadcast_mul(&a)?.broadcast_add(&b)?;
+            for relu in [false, true] {
+                let want = if relu { plain.relu()? } else { plain.clone() };
+                let got = conv2d_affine(&x, &w, 2, 1, scale.clone(), shift.clone(), relu)?;
+                assert!(max_diff(&got, &want) < 1e-12, "n {n} relu {relu}");
+            }
         }
         Ok(())
     }

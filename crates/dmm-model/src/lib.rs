@@ -15,7 +15,9 @@
 
 pub mod checkpoint;
 pub mod conv;
+mod gemm;
 pub mod init;
+pub mod linear;
 mod error;
 pub mod model;
 pub mod norm;

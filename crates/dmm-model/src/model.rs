@@ -9,7 +9,7 @@
 //! FC sizes scale with `width / 64` so reduced presets keep the topology. Outputs are linear;
 //! attributes come back in CelebA order whatever the grouping.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use dmm_data::{AttributeGroups, N_ATTRS};
 
@@ -61,7 +61,7 @@ impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut xs = xs.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs)?;
+            xs = crate::linear::forward(layer, &xs)?;
             if i + 1 < self.layers.len() {
                 xs = xs.relu()?;
             }
@@ -169,7 +169,7 @@ impl DmmModel {
     pub fn heads(&self, features: &Tensor) -> Result<DmmOutput> {
         let spp1 = || spp(features, 1); // [b, c]
         let attributes = match &self.head {
-            Head::GlobalPool(fc) => fc.forward(&features.mean((2, 3))?)?,
+            Head::GlobalPool(fc) => crate::linear::forward(fc, &features.mean((2, 3))?)?,
             Head::SingleSpp(mlp) => mlp.forward(&spp(features, 3)?)?,
             Head::Grouped { objective, subjective, to_celeba } => {
                 let obj = objective.forward(&spp1()?)?; // [b, 22]

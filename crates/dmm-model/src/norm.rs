@@ -5,6 +5,12 @@
 //! differentiable elementwise passes, transposes and copies of candle's `BatchNorm`. Variable names
 //! are torchvision's (`weight`, `bias`, `running_mean`, `running_var`).
 //!
+//! With `relu`, the activation that follows every batch norm but the last of a block is part of
+//! the same op: the output is clamped in place and the backward masks `dy` by the output's sign,
+//! saving candle's four-pass ReLU gradient. In eval mode the layer is the per-channel affine map
+//! [`BatchNorm2d::eval_affine`], which the convolution before it applies as it writes
+//! ([`crate::conv::conv2d_affine`]).
+//!
 //! Checked against finite differences (`tests/gradients.rs`) and the PyTorch fixtures
 //! (`tests/parity.rs`, train-mode output and running statistics).
 
@@ -46,17 +52,40 @@ impl BatchNorm2d {
     /// Training mode normalizes with the batch statistics and updates the running ones; eval mode
     /// uses the running statistics.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_inner(xs, train, false)
+    }
+
+    /// `relu(self.forward_t(xs, train))`, as one op.
+    pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_inner(xs, train, true)
+    }
+
+    /// Eval mode as `y = scale·x + shift` per channel: `scale = γ/√(running_var + ε)`,
+    /// `shift = β − running_mean·scale`.
+    pub fn eval_affine(&self) -> Result<(Vec<f64>, Vec<f64>)> {
+        let f64s = |t: &Tensor| t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>();
+        let (g, b) = (f64s(&self.weight)?, f64s(&self.bias)?);
+        let (rm, rv) = (f64s(self.running_mean.as_tensor())?, f64s(self.running_var.as_tensor())?);
+        let scale: Vec<f64> = g.iter().zip(&rv).map(|(g, v)| g / (v + EPS).sqrt()).collect();
+        let shift = b.iter().zip(&rm).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        Ok((scale, shift))
+    }
+
+    fn forward_inner(&self, xs: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
         if xs.rank() != 4 || xs.dim(1)? != c {
             candle_core::bail!("batch norm: expected [n, {c}, h, w], got {:?}", xs.dims())
         }
         if !train {
-            let scale = (&self.weight / (self.running_var.as_detached_tensor() + EPS)?.sqrt()?)?;
-            let shift = (&self.bias - (self.running_mean.as_detached_tensor() * &scale)?)?;
-            return xs.broadcast_mul(&scale.reshape((1, c, 1, 1))?)?.broadcast_add(&shift.reshape((1, c, 1, 1))?);
+            let (scale, shift) = self.eval_affine()?;
+            let dev = xs.device();
+            let scale = Tensor::new(scale, dev)?.to_dtype(xs.dtype())?.reshape((1, c, 1, 1))?;
+            let shift = Tensor::new(shift, dev)?.to_dtype(xs.dtype())?.reshape((1, c, 1, 1))?;
+            let ys = xs.broadcast_mul(&scale)?.broadcast_add(&shift)?;
+            return if relu { ys.relu() } else { Ok(ys) };
         }
         let stats: BatchStats = Arc::new(Mutex::new(None));
-        let ys = xs.contiguous()?.apply_op3(&self.weight, &self.bias, BnTrain { stats: stats.clone() })?;
+        let ys = xs.contiguous()?.apply_op3(&self.weight, &self.bias, BnTrain { stats: stats.clone(), relu })?;
         let (mean, var) = stats.lock().expect("stats lock").take().expect("the forward filled the statistics");
         let (n, _, h, w) = xs.dims4()?;
         let count = (n * h * w) as f64;
@@ -93,12 +122,14 @@ fn channel_stats<T: WithDType>(xs: &[T], n: usize, c: usize, hw: usize) -> Vec<(
 /// Per-channel batch mean and biased variance, handed from the op to the running-stats update.
 type BatchStats = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
 
-/// Training-mode forward `(x, γ, β) → y`; leaves the batch statistics for the running update.
+/// Training-mode forward `(x, γ, β) → y`, clamped at 0 with `relu`; leaves the batch statistics
+/// for the running update.
 struct BnTrain {
     stats: BatchStats,
+    relu: bool,
 }
 
-fn forward<T: WithDType>(xs: &[T], g: &[T], b: &[T], dims: (usize, usize, usize)) -> (Vec<T>, Vec<(f64, f64)>) {
+fn forward<T: WithDType>(xs: &[T], g: &[T], b: &[T], dims: (usize, usize, usize), relu: bool) -> (Vec<T>, Vec<(f64, f64)>) {
     let (n, c, hw) = dims;
     let stats = channel_stats(xs, n, c, hw);
     let coef: Vec<(f64, f64)> = stats
@@ -112,8 +143,9 @@ fn forward<T: WithDType>(xs: &[T], g: &[T], b: &[T], dims: (usize, usize, usize)
     let mut out = vec![T::zero(); xs.len()];
     out.par_chunks_mut(hw).zip(xs.par_chunks(hw)).enumerate().for_each(|(i, (o, x))| {
         let (scale, shift) = coef[i % c];
+        let floor = if relu { 0.0 } else { f64::NEG_INFINITY };
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = T::from_f64(x.to_f64() * scale + shift);
+            *o = T::from_f64((x.to_f64() * scale + shift).max(floor));
         }
     });
     (out, stats)
@@ -129,11 +161,11 @@ impl CustomOp3 for BnTrain {
         let dims = (n, c, h * w);
         let (out, stats) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let (o, s) = forward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(b, l3, "batch norm: inputs")?, dims);
+                let (o, s) = forward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(b, l3, "batch norm: inputs")?, dims, self.relu);
                 (CpuStorage::F32(o), s)
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                let (o, s) = forward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(b, l3, "batch norm: inputs")?, dims);
+                let (o, s) = forward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(b, l3, "batch norm: inputs")?, dims, self.relu);
                 (CpuStorage::F64(o), s)
             }
             _ => candle_core::bail!("batch norm: unsupported or mixed dtypes ({:?})", s1.dtype()),
@@ -142,9 +174,11 @@ impl CustomOp3 for BnTrain {
         Ok((out, l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, g: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, g: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
-        let packed = x.contiguous()?.apply_op3_no_bwd(g, &grad.contiguous()?, &BnTrainBackward)?;
+        let gamma = g.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        let op = BnTrainBackward { gamma, relu: self.relu };
+        let packed = x.contiguous()?.apply_op3_no_bwd(&grad.contiguous()?, &res.contiguous()?, &op)?;
         let len = n * c * h * w;
         let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
         let dg = packed.narrow(0, len, c)?;
@@ -153,10 +187,16 @@ impl CustomOp3 for BnTrain {
     }
 }
 
-/// `(x, γ, dy) → [dx (n·c·h·w), dγ (c), dβ (c)]` packed in one vector.
-struct BnTrainBackward;
+/// `(x, dy, y) → [dx (n·c·h·w), dγ (c), dβ (c)]` packed in one vector; `y`, the forward's output,
+/// masks `dy` when the op included the ReLU.
+struct BnTrainBackward {
+    gamma: Vec<f64>,
+    relu: bool,
+}
 
-fn backward<T: WithDType>(xs: &[T], g: &[T], dy: &[T], (n, c, hw): (usize, usize, usize)) -> Vec<T> {
+fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n, c, hw): (usize, usize, usize)) -> Vec<T> {
+    // The gradient reaching the normalization: dy, or dy where the ReLU let the output through.
+    let d_at = |i: usize| if op.relu && ys[i] <= T::zero() { 0.0 } else { dy[i].to_f64() };
     let stats = channel_stats(xs, n, c, hw);
     let m = (n * hw) as f64;
     // Per channel: Σdy and Σdy·x̂.
@@ -167,9 +207,8 @@ fn backward<T: WithDType>(xs: &[T], g: &[T], dy: &[T], (n, c, hw): (usize, usize
             let inv = 1.0 / (var + EPS).sqrt();
             let (mut sdy, mut sdyx) = (0f64, 0f64);
             for b in 0..n {
-                let r = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                for (&x, &d) in xs[r.clone()].iter().zip(&dy[r]) {
-                    let d = d.to_f64();
+                for i in (b * c + ch) * hw..(b * c + ch + 1) * hw {
+                    let (x, d) = (xs[i], d_at(i));
                     sdy += d;
                     sdyx += d * (x.to_f64() - mean) * inv;
                 }
@@ -179,15 +218,16 @@ fn backward<T: WithDType>(xs: &[T], g: &[T], dy: &[T], (n, c, hw): (usize, usize
         .collect();
     let mut out = vec![T::zero(); xs.len() + 2 * c];
     let (dx, rest) = out.split_at_mut(xs.len());
-    dx.par_chunks_mut(hw).zip(xs.par_chunks(hw)).zip(dy.par_chunks(hw)).enumerate().for_each(|(i, ((o, x), d))| {
-        let ch = i % c;
+    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
+        let ch = plane % c;
         let (mean, var) = stats[ch];
         let inv = 1.0 / (var + EPS).sqrt();
         let (sdy, sdyx) = sums[ch];
-        let k = g[ch].to_f64() * inv / m;
-        for ((o, &x), &d) in o.iter_mut().zip(x).zip(d) {
-            let xhat = (x.to_f64() - mean) * inv;
-            *o = T::from_f64(k * (m * d.to_f64() - sdy - xhat * sdyx));
+        let k = op.gamma[ch] * inv / m;
+        for (j, o) in o.iter_mut().enumerate() {
+            let i = plane * hw + j;
+            let xhat = (xs[i].to_f64() - mean) * inv;
+            *o = T::from_f64(k * (m * d_at(i) - sdy - xhat * sdyx));
         }
     });
     for ch in 0..c {
@@ -206,8 +246,8 @@ impl CustomOp3 for BnTrainBackward {
         let (n, c, h, w) = l1.shape().dims4()?;
         let dims = (n, c, h * w);
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(d)) => CpuStorage::F32(backward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(d, l3, "batch norm: inputs")?, dims)),
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(d)) => CpuStorage::F64(backward(contiguous(x, l1, "batch norm: inputs")?, contiguous(g, l2, "batch norm: inputs")?, contiguous(d, l3, "batch norm: inputs")?, dims)),
+            (CpuStorage::F32(x), CpuStorage::F32(d), CpuStorage::F32(y)) => CpuStorage::F32(backward(contiguous(x, l1, "batch norm: inputs")?, contiguous(d, l2, "batch norm: inputs")?, contiguous(y, l3, "batch norm: inputs")?, self, dims)),
+            (CpuStorage::F64(x), CpuStorage::F64(d), CpuStorage::F64(y)) => CpuStorage::F64(backward(contiguous(x, l1, "batch norm: inputs")?, contiguous(d, l2, "batch norm: inputs")?, contiguous(y, l3, "batch norm: inputs")?, self, dims)),
             _ => candle_core::bail!("batch norm backward: unsupported or mixed dtypes"),
         };
         Ok((out, Shape::from(n * c * h * w + 2 * c)))
@@ -253,6 +293,16 @@ mod tests {
         // Eval mode with the updated running statistics.
         let (ea, eb) = (ours.forward_t(x.as_tensor(), false)?, candle_core::ModuleT::forward_t(&theirs, x.as_tensor(), false)?);
         assert!(diff(&ea, &eb)? < 1e-12);
+        assert!(diff(&ours.forward_relu_t(x.as_tensor(), false)?, &eb.relu()?)? < 1e-12);
+        // With the ReLU fused: output and every gradient equal candle's BatchNorm then ReLU.
+        let (ya, yb) = (ours.forward_relu_t(x.as_tensor(), true)?, candle_core::ModuleT::forward_t(&theirs, x.as_tensor(), true)?.relu()?);
+        assert!(diff(&ya, &yb)? < 1e-12);
+        let (ga, gb) = ((ya * &up)?.sum_all()?.backward()?, (yb * &up)?.sum_all()?.backward()?);
+        assert!(diff(ga.get(&x).unwrap(), gb.get(&x).unwrap())? < 1e-10, "input gradient through the ReLU");
+        for name in ["weight", "bias"] {
+            let (a, b) = (&vm_a.data().lock().unwrap()[name], &vm_b.data().lock().unwrap()[name]);
+            assert!(diff(ga.get(a.as_tensor()).unwrap(), gb.get(b.as_tensor()).unwrap())? < 1e-10, "{name} gradient through the ReLU");
+        }
         Ok(())
     }
 }

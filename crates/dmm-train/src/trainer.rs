@@ -168,7 +168,7 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
     let mut state = if resuming {
         let ckpt = checkpoint::load(&run.last(), &device)?;
         copy_vars(&ckpt.varmap, &varmap)?;
-        sgd.load_state(&checkpoint::read_extra(&run.last(), &device)?);
+        sgd.load_state(&checkpoint::read_extra(&run.last(), &device)?)?;
         let json = checkpoint::read_metadata_entry(&run.last(), STATE_KEY)?
             .ok_or_else(|| Error::Run { path: run.last(), msg: "no training state: not a resume point".into() })?;
         let state: TrainState = serde_json::from_str(&json).map_err(|e| Error::Run { path: run.last(), msg: format!("bad training state: {e}") })?;
