@@ -10,6 +10,7 @@ same step (forward, MSE on attributes and landmarks, backward, SGD with momentum
 import argparse
 import importlib.util
 import json
+import resource
 import os
 import statistics
 import time
@@ -62,11 +63,13 @@ def main():
         step()
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
-    out = {"median_s": median, "images_per_s": a.batch / median}
+    # Peak resident set of the whole process (KiB on Linux), model and interpreter included.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = {"median_s": median, "images_per_s": a.batch / median, "peak_rss_mib": peak}
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"torch {a.mode} width {a.width} {h}x{w} batch {a.batch}: median {median:.3f} s, {out['images_per_s']:.1f} images/s ({torch.get_num_threads()} threads)")
+        print(f"torch {a.mode} width {a.width} {h}x{w} batch {a.batch}: median {median:.3f} s, {out['images_per_s']:.1f} images/s, peak RSS {peak:.0f} MiB ({torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

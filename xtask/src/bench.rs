@@ -13,20 +13,25 @@ use crate::dmm::Dmm;
 /// 224×224 and 218×178.
 const CASES: [(&str, &str); 4] = [("train-step", "112x112"), ("train-step", "218x178"), ("forward", "224x224"), ("forward", "218x178")];
 
-#[derive(serde::Deserialize)]
+/// One line of `--json` output from either benchmark.
+#[derive(serde::Deserialize, Clone, Copy)]
 struct Timing {
     median_s: f64,
+    /// Peak resident memory of the benchmark process, where the platform reports it.
+    peak_rss_mib: Option<f64>,
 }
 
-fn parse(out: &[u8], what: &str) -> anyhow::Result<f64> {
+fn parse(out: &[u8], what: &str) -> anyhow::Result<Timing> {
     let text = String::from_utf8_lossy(out);
     let line = text.lines().last().with_context(|| format!("{what} printed nothing"))?;
-    Ok(serde_json::from_str::<Timing>(line).with_context(|| format!("{what} printed `{line}`"))?.median_s)
+    serde_json::from_str::<Timing>(line).with_context(|| format!("{what} printed `{line}`"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The median time over rounds (the upper one of an even count) and the largest peak memory.
+fn summarize(mut v: Vec<Timing>) -> Timing {
+    v.sort_by(|a, b| a.median_s.total_cmp(&b.median_s));
+    let peak = v.iter().filter_map(|t| t.peak_rss_mib).reduce(f64::max);
+    Timing { median_s: v[v.len() / 2].median_s, peak_rss_mib: peak }
 }
 
 /// Runs the suite and prints the table.
@@ -59,18 +64,20 @@ pub fn run(root: &Path, dmm: &Dmm, iters: usize, rounds: usize, width: usize, ba
                 theirs.push(parse(&out.stdout, "torch_bench.py")?);
             }
         }
-        rows.push((mode, size, median(ours), (!theirs.is_empty()).then(|| median(theirs))));
+        rows.push((mode, size, summarize(ours), (!theirs.is_empty()).then(|| summarize(theirs))));
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("DMM-CNN width {width}, batch {batch}, f32 CPU ({cores} cores); median of {rounds} rounds × {iters} calls");
-    println!("| case | input | dmm s | dmm images/s | PyTorch s | PyTorch images/s | speed vs PyTorch |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| case | input | dmm s | dmm images/s | PyTorch s | PyTorch images/s | speed vs PyTorch | dmm peak MiB | PyTorch peak MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mib = |t: Option<Timing>| t.and_then(|t| t.peak_rss_mib).map_or("—".into(), |p| format!("{p:.0}"));
     for (mode, size, ours, theirs) in rows {
         let (t, ti, r) = match theirs {
-            Some(t) => (format!("{t:.3}"), format!("{:.1}", batch as f64 / t), format!("{:.2}×", t / ours)),
+            Some(t) => (format!("{:.3}", t.median_s), format!("{:.1}", batch as f64 / t.median_s), format!("{:.2}×", t.median_s / ours.median_s)),
             None => ("—".into(), "—".into(), "—".into()),
         };
-        println!("| {mode} | {size} | {ours:.3} | {:.1} | {t} | {ti} | {r} |", batch as f64 / ours);
+        let s = ours.median_s;
+        println!("| {mode} | {size} | {s:.3} | {:.1} | {t} | {ti} | {r} | {} | {} |", batch as f64 / s, mib(Some(ours)), mib(theirs));
     }
     Ok(())
 }

@@ -18,7 +18,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::gemm::{all_threads, binary_kernel, matmul, Mat};
+use std::mem::MaybeUninit;
+
+use crate::gemm::{all_threads, binary_kernel, matmul, matmul_uninit, written_vec, Mat};
 
 /// `xs` `[n, c_in, h, w]` convolved with `weight` `[c_out, c_in, kh, kw]`, square `stride` and
 /// `padding`, no bias, differentiable in both arguments.
@@ -52,10 +54,12 @@ struct Epilogue {
 impl Epilogue {
     /// Applies the map to one image's output `[c_out, l]`.
     fn apply<T: WithDType>(&self, y: &mut [T], l: usize) {
-        let floor = if self.relu { 0.0 } else { f64::NEG_INFINITY };
+        let zero = T::zero();
         for ((row, &a), &b) in y.chunks_mut(l).zip(&self.scale).zip(&self.shift) {
+            let (a, b) = (T::from_f64(a), T::from_f64(b));
             for v in row {
-                *v = T::from_f64((v.to_f64() * a + b).max(floor));
+                let t = *v * a + b;
+                *v = if self.relu && t < zero { zero } else { t };
             }
         }
     }
@@ -175,10 +179,9 @@ impl Geometry {
     }
 
     /// The adjoint of [`Self::unfold`]: adds every column entry into the input position it was
-    /// read from; `x` `[c_in, h, w]` is overwritten.
+    /// read from, into `x` `[c_in, h, w]` (zero on entry).
     fn fold<T: WithDType>(&self, cols: &[T], x: &mut [T]) {
         let (l, ow, s) = (self.l(), self.ow, self.stride);
-        x.fill(T::zero());
         for (r, row) in cols.chunks(l).enumerate() {
             let (c, i, j) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
             let plane = &mut x[c * self.h * self.w..(c + 1) * self.h * self.w];
@@ -195,9 +198,9 @@ impl Geometry {
 
     /// Runs `f(b, out_b, scratch, parallelism)` for every image `b`, `out` cut in `chunk`s: one
     /// image per thread when the batch fills the threads, else one at a time with a parallel gemm.
-    fn per_image<T: Send, F>(&self, out: &mut [T], chunk: usize, f: F)
+    fn per_image<U: Send, T: Send, F>(&self, out: &mut [U], chunk: usize, f: F)
     where
-        F: Fn(usize, &mut [T], &mut Vec<T>, Parallelism) + Sync,
+        F: Fn(usize, &mut [U], &mut Vec<T>, Parallelism) + Sync,
     {
         let threads = rayon::current_num_threads();
         if threads > 1 && self.n >= threads {
@@ -223,30 +226,37 @@ impl Geometry {
     /// Forward: `Y_b = W · cols(x_b)`, written into the NCHW output, then the epilogue if any.
     fn forward<T: WithDType>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
         let (k, l) = (self.k(), self.l());
-        let mut out = vec![T::zero(); self.n * self.output()];
-        self.per_image(&mut out, self.output(), |b, y, buf, par| {
-            let cols = self.cols(x, b, buf);
-            matmul(y, Mat::rows(wt, self.c_out, k), Mat::rows(cols, k, l), false, par);
-            if let Some(e) = epilogue {
-                e.apply(y, l);
-            }
-        });
-        out
+        let fill = |out: &mut [MaybeUninit<T>]| {
+            self.per_image(out, self.output(), |b, y, buf, par| {
+                let cols = self.cols(x, b, buf);
+                let y = matmul_uninit(y, Mat::rows(wt, self.c_out, k), Mat::rows(cols, k, l), par);
+                if let Some(e) = epilogue {
+                    e.apply(y, l);
+                }
+            })
+        };
+        // SAFETY: per_image hands each image's chunk to one product, which writes all of it.
+        unsafe { written_vec(self.n * self.output(), fill) }
     }
 
     /// Input gradient: `∂x_b = fold(Wᵀ · ∂Y_b)`.
     fn input_grad<T: WithDType>(&self, dy: &[T], wt: &[T]) -> Vec<T> {
         let (k, l) = (self.k(), self.l());
+        let dy_b = |b: usize| Mat::rows(&dy[b * self.output()..(b + 1) * self.output()], self.c_out, l);
+        if self.pointwise() {
+            let fill = |out: &mut [MaybeUninit<T>]| {
+                self.per_image(out, self.image(), |b, gx, _: &mut Vec<T>, par| {
+                    matmul_uninit(gx, Mat::rows(wt, self.c_out, k).t(), dy_b(b), par);
+                })
+            };
+            // SAFETY: per_image hands each image's chunk to one product, which writes all of it.
+            return unsafe { written_vec(self.n * self.image(), fill) };
+        }
         let mut out = vec![T::zero(); self.n * self.image()];
         self.per_image(&mut out, self.image(), |b, gx, buf, par| {
-            let dy = Mat::rows(&dy[b * self.output()..(b + 1) * self.output()], self.c_out, l);
-            if self.pointwise() {
-                matmul(gx, Mat::rows(wt, self.c_out, k).t(), dy, false, par);
-            } else {
-                buf.resize(k * l, T::zero());
-                matmul(buf, Mat::rows(wt, self.c_out, k).t(), dy, false, par);
-                self.fold(buf, gx);
-            }
+            buf.resize(k * l, T::zero());
+            matmul(buf, Mat::rows(wt, self.c_out, k).t(), dy_b(b), false, par);
+            self.fold(buf, gx);
         });
         out
     }

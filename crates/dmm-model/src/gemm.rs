@@ -1,6 +1,8 @@
 //! The matrix products behind the convolution and linear ops: strided views over slices and one
 //! safe entry to the `gemm` crate (the one candle's matmul uses, here with its AVX-512 kernels).
 
+use std::mem::MaybeUninit;
+
 use candle_core::WithDType;
 use gemm::Parallelism;
 
@@ -37,21 +39,57 @@ impl<'a, T> Mat<'a, T> {
 
 /// `dst = (dst if accumulate) + a · b`, `dst` row-major `a.rows × b.cols`.
 pub(crate) fn matmul<T: WithDType>(dst: &mut [T], a: Mat<T>, b: Mat<T>, accumulate: bool, par: Parallelism) {
+    assert!(dst.len() >= a.rows * b.cols, "matmul {}×{} · {}×{} into {}", a.rows, a.cols, b.rows, b.cols, dst.len());
+    // SAFETY: dst holds the m·n elements the product writes (and reads when accumulating; they
+    // are initialized, being a `&mut [T]`), and is borrowed mutably so nothing aliases it.
+    unsafe { gemm_raw(dst.as_mut_ptr(), a, b, accumulate, par) }
+}
+
+/// `a · b` into `dst`, whose elements need not be initialized (gemm writes every one without
+/// reading it); returns the product as an initialized slice.
+pub(crate) fn matmul_uninit<'d, T: WithDType>(dst: &'d mut [MaybeUninit<T>], a: Mat<T>, b: Mat<T>, par: Parallelism) -> &'d mut [T] {
+    let len = a.rows * b.cols;
+    assert!(dst.len() >= len, "matmul {}×{} · {}×{} into {}", a.rows, a.cols, b.rows, b.cols, dst.len());
+    let dst = &mut dst[..len];
+    // SAFETY: as in `matmul`; without `read_dst` gemm only writes dst, all m·n elements of it, so
+    // afterwards the slice is initialized and may be viewed as `[T]` (same layout).
+    unsafe {
+        gemm_raw(dst.as_mut_ptr().cast::<T>(), a, b, false, par);
+        &mut *(dst as *mut [MaybeUninit<T>] as *mut [T])
+    }
+}
+
+/// # Safety
+/// `dst` must be valid for writes (and, with `accumulate`, reads) of `a.rows·b.cols` elements
+/// and alias neither operand.
+unsafe fn gemm_raw<T: WithDType>(dst: *mut T, a: Mat<T>, b: Mat<T>, accumulate: bool, par: Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && dst.len() >= m * n, "matmul {m}×{k} · {}×{n} into {}", b.rows, dst.len());
+    assert!(b.rows == k, "matmul {m}×{k} · {}×{n}", b.rows);
     let one = T::from_f64(1.0);
     // SAFETY: the views were bounds-checked when built (every index (r, c) < (rows, cols) lies in
-    // `data`), dst holds m·n elements, and `dst` is borrowed mutably so nothing aliases it. gemm
-    // supports f32 and f64, the only dtypes the ops pass.
+    // `data`); the caller vouches for dst. gemm supports f32 and f64, the only dtypes passed.
     unsafe {
         gemm::gemm(
             m, n, k,
-            dst.as_mut_ptr(), 1, n as isize, accumulate,
+            dst, 1, n as isize, accumulate,
             a.data.as_ptr(), a.cs as isize, a.rs as isize,
             b.data.as_ptr(), b.cs as isize, b.rs as isize,
             one, one, false, false, false, par,
         )
     }
+}
+
+/// A vector of `n` elements written by `fill`, without zeroing them first (a zero fill cost as
+/// much as the elementwise kernels that then overwrite it).
+///
+/// # Safety
+/// `fill` must initialize every element of the slice it is given.
+pub(crate) unsafe fn written_vec<T>(n: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's `fill` initialized all n elements within the capacity.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// Dispatches a two-operand kernel on f32/f64 contiguous storages.

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use candle_nn::Linear;
 
-use crate::gemm::{all_threads, binary_kernel, matmul, Mat};
+use crate::gemm::{all_threads, binary_kernel, matmul_uninit, written_vec, Mat};
 
 /// `layer` applied to `xs` `[b, in] → [b, out]`, differentiable in the input, weight and bias.
 pub fn forward(layer: &Linear, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -54,9 +54,8 @@ impl CustomOp2 for Dense {
         expect(l1, [b, n_in], "linear")?;
         expect(l2, [n_out, n_in], "linear")?;
         let out = binary_kernel!("linear", s1, l1, s2, l2, |x, w| {
-            let mut y = vec![Default::default(); b * n_out];
-            matmul(&mut y, Mat::rows(x, b, n_in), Mat::rows(w, n_out, n_in).t(), false, all_threads());
-            y
+            // SAFETY: the product writes all b·n_out elements.
+            unsafe { written_vec(b * n_out, |y| _ = matmul_uninit(y, Mat::rows(x, b, n_in), Mat::rows(w, n_out, n_in).t(), all_threads())) }
         });
         Ok((out, Shape::from((b, n_out))))
     }
@@ -79,9 +78,8 @@ impl CustomOp2 for InputGrad {
         expect(l1, [b, n_out], "linear-input-grad")?;
         expect(l2, [n_out, n_in], "linear-input-grad")?;
         let out = binary_kernel!("linear-input-grad", s1, l1, s2, l2, |dy, w| {
-            let mut gx = vec![Default::default(); b * n_in];
-            matmul(&mut gx, Mat::rows(dy, b, n_out), Mat::rows(w, n_out, n_in), false, all_threads());
-            gx
+            // SAFETY: the product writes all b·n_in elements.
+            unsafe { written_vec(b * n_in, |gx| _ = matmul_uninit(gx, Mat::rows(dy, b, n_out), Mat::rows(w, n_out, n_in), all_threads())) }
         });
         Ok((out, Shape::from((b, n_in))))
     }
@@ -97,9 +95,8 @@ impl CustomOp2 for WeightGrad {
         expect(l1, [b, n_out], "linear-weight-grad")?;
         expect(l2, [b, n_in], "linear-weight-grad")?;
         let out = binary_kernel!("linear-weight-grad", s1, l1, s2, l2, |dy, x| {
-            let mut gw = vec![Default::default(); n_out * n_in];
-            matmul(&mut gw, Mat::rows(dy, b, n_out).t(), Mat::rows(x, b, n_in), false, all_threads());
-            gw
+            // SAFETY: the product writes all n_out·n_in elements.
+            unsafe { written_vec(n_out * n_in, |gw| _ = matmul_uninit(gw, Mat::rows(dy, b, n_out).t(), Mat::rows(x, b, n_in), all_threads())) }
         });
         Ok((out, Shape::from((n_out, n_in))))
     }

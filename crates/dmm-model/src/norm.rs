@@ -14,6 +14,7 @@
 //! Checked against finite differences (`tests/gradients.rs`) and the PyTorch fixtures
 //! (`tests/parity.rs`, train-mode output and running statistics).
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
@@ -21,6 +22,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var, Wit
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::gemm::written_vec;
 use crate::pool::contiguous;
 
 /// PyTorch's defaults.
@@ -140,15 +142,18 @@ fn forward<T: WithDType>(xs: &[T], g: &[T], b: &[T], dims: (usize, usize, usize)
             (scale, b[ch].to_f64() - mean * scale)
         })
         .collect();
-    let mut out = vec![T::zero(); xs.len()];
-    out.par_chunks_mut(hw).zip(xs.par_chunks(hw)).enumerate().for_each(|(i, (o, x))| {
-        let (scale, shift) = coef[i % c];
-        let floor = if relu { 0.0 } else { f64::NEG_INFINITY };
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = T::from_f64((x.to_f64() * scale + shift).max(floor));
-        }
-    });
-    (out, stats)
+    let zero = T::zero();
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        out.par_chunks_mut(hw).zip(xs.par_chunks(hw)).enumerate().for_each(|(i, (o, x))| {
+            let (scale, shift) = (T::from_f64(coef[i % c].0), T::from_f64(coef[i % c].1));
+            for (o, &x) in o.iter_mut().zip(x) {
+                let y = x * scale + shift;
+                o.write(if relu && y < zero { zero } else { y });
+            }
+        })
+    };
+    // SAFETY: the chunks cover the vector and every element of each is written.
+    (unsafe { written_vec(xs.len(), fill) }, stats)
 }
 
 impl CustomOp3 for BnTrain {
@@ -216,25 +221,27 @@ fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n
             (sdy, sdyx)
         })
         .collect();
-    let mut out = vec![T::zero(); xs.len() + 2 * c];
-    let (dx, rest) = out.split_at_mut(xs.len());
-    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
-        let ch = plane % c;
-        let (mean, var) = stats[ch];
-        let inv = 1.0 / (var + EPS).sqrt();
-        let (sdy, sdyx) = sums[ch];
-        let k = op.gamma[ch] * inv / m;
-        for (j, o) in o.iter_mut().enumerate() {
-            let i = plane * hw + j;
-            let xhat = (xs[i].to_f64() - mean) * inv;
-            *o = T::from_f64(k * (m * d_at(i) - sdy - xhat * sdyx));
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        let (dx, rest) = out.split_at_mut(xs.len());
+        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
+            let ch = plane % c;
+            let (mean, var) = stats[ch];
+            let inv = 1.0 / (var + EPS).sqrt();
+            let (sdy, sdyx) = sums[ch];
+            let k = op.gamma[ch] * inv / m;
+            for (j, o) in o.iter_mut().enumerate() {
+                let i = plane * hw + j;
+                let xhat = (xs[i].to_f64() - mean) * inv;
+                o.write(T::from_f64(k * (m * d_at(i) - sdy - xhat * sdyx)));
+            }
+        });
+        for ch in 0..c {
+            rest[ch].write(T::from_f64(sums[ch].1));
+            rest[c + ch].write(T::from_f64(sums[ch].0));
         }
-    });
-    for ch in 0..c {
-        rest[ch] = T::from_f64(sums[ch].1);
-        rest[c + ch] = T::from_f64(sums[ch].0);
-    }
-    out
+    };
+    // SAFETY: dx is covered by the chunks, each written in full, and the 2·c sums follow.
+    unsafe { written_vec(xs.len() + 2 * c, fill) }
 }
 
 impl CustomOp3 for BnTrainBackward {

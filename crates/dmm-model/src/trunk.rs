@@ -7,6 +7,8 @@
 //! `width` scales every channel count (64 = the standard network); candle's own ResNet cannot be
 //! used because it hard-codes eval-mode batch norm and its stem max-pool cannot be differentiated.
 
+use std::mem::MaybeUninit;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -14,6 +16,7 @@ use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 
 use crate::norm::BatchNorm2d as BatchNorm;
 
+use crate::gemm::written_vec;
 use crate::pool::{contiguous, max_pool2d};
 
 /// Blocks per stage of ResNet-50.
@@ -75,13 +78,15 @@ struct AddRelu;
 struct ReluGrad;
 
 fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(o, (a, b))| {
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
-        }
-    });
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        out.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                o.write(f(a, b));
+            }
+        })
+    };
+    // SAFETY: the chunks cover the vector (a and b have its length) and each is written in full.
+    unsafe { written_vec(a.len(), fill) }
 }
 
 fn elementwise(name: &str, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, relu_grad: bool) -> Result<(CpuStorage, Shape)> {

@@ -55,15 +55,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchMode::TrainStep => "train-step",
         BenchMode::Forward => "forward",
     };
+    let peak = peak_rss_mib();
     let text = if args.json {
-        json!({"median_s": median, "images_per_s": rate}).to_string() + "\n"
+        json!({"median_s": median, "images_per_s": rate, "peak_rss_mib": peak}).to_string() + "\n"
     } else {
+        let peak = peak.map(|p| format!(", peak RSS {p:.0} MiB")).unwrap_or_default();
         format!(
-            "dmm {mode} width {} {h}x{w} batch {b}: median {median:.3} s, {rate:.1} images/s ({} iterations, {} threads)\n",
+            "dmm {mode} width {} {h}x{w} batch {b}: median {median:.3} s, {rate:.1} images/s{peak} ({} iterations, {} threads)\n",
             args.width,
             times.len(),
             candle_core::utils::get_num_threads()
         )
     };
     crate::output::print(&text)
+}
+
+/// The process's peak resident set in MiB (`VmHWM` in `/proc/self/status`; Linux only), model and
+/// all included, as `getrusage` reports it for the PyTorch script.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
