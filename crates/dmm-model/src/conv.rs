@@ -386,6 +386,12 @@ mod tests {
             (3, 6, 3, 1, 2, 0, 7, 6),
             (3, 6, 3, 1, 2, 0, 6, 5),
             (2, 2, 3, 3, 1, 2, 2, 3),
+            // Larger maps, as the trunk's early stages have.
+            (3, 2, 3, 3, 1, 1, 17, 17),
+            (1, 2, 3, 3, 2, 1, 33, 31),
+            (2, 3, 2, 1, 1, 0, 17, 16),
+            (2, 3, 2, 1, 2, 0, 33, 32),
+            (1, 3, 4, 7, 2, 3, 35, 33),
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f64, 1., (n, c_in, h, w), &dev)?)?;
             let wt = Var::from_tensor(&Tensor::randn(0f64, 1., (c_out, c_in, k, k), &dev)?)?;
@@ -410,8 +416,8 @@ mod tests {
     #[test]
     fn affine_epilogue_equals_conv_then_map() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        for n in [1, 3] {
-            let x = Tensor::randn(0f64, 1., (n, 4, 9, 7), &dev)?;
+        for (n, h, w) in [(1, 9, 7), (3, 9, 7), (2, 40, 33)] {
+            let x = Tensor::randn(0f64, 1., (n, 4, h, w), &dev)?;
             let w = Tensor::randn(0f64, 1., (5, 4, 3, 3), &dev)?;
             let (scale, shift) = (vec![0.5, -1.0, 2.0, 0.0, 1.5], vec![0.1, 0.2, -0.3, 0.4, -0.5]);
             let a = Tensor::new(scale.as_slice(), &dev)?.reshape((1, 5, 1, 1))?;

@@ -88,7 +88,7 @@ impl BatchNorm2d {
         }
         let stats: BatchStats = Arc::new(Mutex::new(None));
         let ys = xs.contiguous()?.apply_op3(&self.weight, &self.bias, BnTrain { stats: stats.clone(), relu })?;
-        let (mean, var) = stats.lock().expect("stats lock").take().expect("the forward filled the statistics");
+        let (mean, var) = stats.lock().expect("stats lock").clone().expect("the forward filled the statistics");
         let (n, _, h, w) = xs.dims4()?;
         let count = (n * h * w) as f64;
         let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
@@ -121,7 +121,8 @@ fn channel_stats<T: WithDType>(xs: &[T], n: usize, c: usize, hw: usize) -> Vec<(
         .collect()
 }
 
-/// Per-channel batch mean and biased variance, handed from the op to the running-stats update.
+/// Per-channel batch mean and biased variance, handed from the op to the running-stats update
+/// and kept for the backward.
 type BatchStats = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
 
 /// Training-mode forward `(x, γ, β) → y`, clamped at 0 with `relu`; leaves the batch statistics
@@ -182,7 +183,8 @@ impl CustomOp3 for BnTrain {
     fn bwd(&self, x: &Tensor, g: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let gamma = g.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-        let op = BnTrainBackward { gamma, relu: self.relu };
+        let (mean, var) = self.stats.lock().expect("stats lock").clone().expect("the forward filled the statistics");
+        let op = BnTrainBackward { gamma, stats: mean.into_iter().zip(var).collect(), relu: self.relu };
         let packed = x.contiguous()?.apply_op3_no_bwd(&grad.contiguous()?, &res.contiguous()?, &op)?;
         let len = n * c * h * w;
         let dx = packed.narrow(0, 0, len)?.reshape((n, c, h, w))?;
@@ -196,13 +198,15 @@ impl CustomOp3 for BnTrain {
 /// masks `dy` when the op included the ReLU.
 struct BnTrainBackward {
     gamma: Vec<f64>,
+    /// The forward's per-channel mean and biased variance.
+    stats: Vec<(f64, f64)>,
     relu: bool,
 }
 
 fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n, c, hw): (usize, usize, usize)) -> Vec<T> {
     // The gradient reaching the normalization: dy, or dy where the ReLU let the output through.
     let d_at = |i: usize| if op.relu && ys[i] <= T::zero() { 0.0 } else { dy[i].to_f64() };
-    let stats = channel_stats(xs, n, c, hw);
+    let stats = &op.stats;
     let m = (n * hw) as f64;
     // Per channel: Σdy and Σdy·x̂.
     let sums: Vec<(f64, f64)> = (0..c)

@@ -2,14 +2,16 @@
 //! [`dmm_policy::SgdConfig::step_reference`], checked against it below), with momentum buffers
 //! that checkpoints save and restore.
 //!
-//! The update runs in place, one pass for the momentum buffer and one for the variable: written
-//! as tensor arithmetic it took six passes and five fresh buffers per variable, and the
-//! subjective branch's first layer alone holds 88 M weights at width 64.
+//! The update runs in place, one pass over each variable and its momentum buffer together:
+//! written as tensor arithmetic it took six passes and five fresh buffers per variable, and the
+//! subjective branch's first layer alone holds 88 M weights at width 64. The buffers live outside
+//! candle (a candle op can write only one tensor) and become tensors only for checkpoints.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, CustomOp1, InplaceOp2, InplaceOp3, Layout, Shape, Tensor, Var, WithDType};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, Layout, Shape, Tensor, Var, WithDType};
 use rayon::prelude::*;
 use candle_nn::VarMap;
 use dmm_policy::SgdConfig;
@@ -20,7 +22,25 @@ use crate::Result;
 pub struct Sgd {
     config: SgdConfig,
     params: Vec<(String, Var)>,
-    velocity: BTreeMap<String, Tensor>,
+    velocity: BTreeMap<String, Velocity>,
+}
+
+/// A momentum buffer, in its variable's dtype and element order.
+#[derive(Debug, Clone)]
+enum Velocity {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Velocity {
+    /// The buffer of `t`'s values (zeros for a fresh one).
+    fn from_tensor(t: &Tensor) -> Result<Self> {
+        let t = t.flatten_all()?;
+        Ok(match t.dtype() {
+            DType::F64 => Self::F64(t.to_vec1()?),
+            _ => Self::F32(t.to_dtype(DType::F32)?.to_vec1()?),
+        })
+    }
 }
 
 /// Whether a variable is trained (batch-norm running statistics are not).
@@ -73,31 +93,41 @@ impl Sgd {
                 continue;
             }
             // A fresh buffer starts at zero, so the first step moves along the gradient itself.
-            let v = match self.velocity.get(name) {
-                Some(v) => v.clone(),
-                None => {
-                    let v = param.zeros_like()?;
-                    self.velocity.insert(name.clone(), v.clone());
-                    v
-                }
+            let v = match self.velocity.remove(name) {
+                Some(v) => v,
+                None => Velocity::from_tensor(&param.zeros_like()?)?,
             };
-            v.inplace_op3(&grad, param, &Momentum { momentum, scale, weight_decay })?;
-            param.inplace_op2(&v, &Descend { lr, scale: 1.0, weight_decay: 0.0 })?;
+            let op = Momentum { velocity: Mutex::new(v), lr, momentum, scale, weight_decay };
+            param.inplace_op2(&grad, &op)?;
+            self.velocity.insert(name.clone(), op.velocity.into_inner().expect("velocity lock"));
         }
         Ok(())
     }
 
     /// The momentum buffers, by variable name (for checkpoints).
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.velocity.iter().map(|(k, v)| (format!("velocity.{k}"), v.clone())).collect()
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(self.velocity.len());
+        for (name, var) in &self.params {
+            let (shape, dev) = (var.shape(), var.device());
+            let t = match self.velocity.get(name) {
+                Some(Velocity::F32(v)) => Tensor::from_slice(v, shape, dev)?,
+                Some(Velocity::F64(v)) => Tensor::from_slice(v, shape, dev)?,
+                None => continue,
+            };
+            out.push((format!("velocity.{name}"), t));
+        }
+        Ok(out)
     }
 
-    /// Restores buffers saved by [`Sgd::state`]; unknown names are ignored. The buffers are
-    /// copied, since steps update them in place.
+    /// Restores buffers saved by [`Sgd::state`], in each variable's dtype; unknown names are
+    /// ignored, and a buffer whose size differs from its variable's is an error.
     pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
-        for (name, _) in &self.params {
+        for (name, var) in &self.params {
             if let Some(v) = tensors.get(&format!("velocity.{name}")) {
-                self.velocity.insert(name.clone(), v.copy()?);
+                if v.elem_count() != var.elem_count() {
+                    return Err(candle_core::Error::Msg(format!("momentum buffer {name}: {:?} for a variable of {:?}", v.dims(), var.dims())).into());
+                }
+                self.velocity.insert(name.clone(), Velocity::from_tensor(&v.to_dtype(var.dtype())?)?);
             }
         }
         Ok(())
@@ -123,42 +153,54 @@ fn slice<'a, T>(data: &'a [T], layout: &Layout, len: usize, what: &str) -> candl
     }
 }
 
-/// `v ← m·v + s·g + λ·p`, in place on the momentum buffer `v`, from the gradient `g` and the
-/// variable `p`.
+/// One momentum step, in place on the variable `p` from its gradient `g`, updating the buffer
+/// `v` in the same pass: `v ← m·v + s·g + λ·p`, then `p ← p − η·v`.
 struct Momentum {
+    velocity: Mutex<Velocity>,
+    lr: f64,
     momentum: f64,
     scale: f64,
     weight_decay: f64,
 }
 
 impl Momentum {
-    fn run<T: WithDType>(&self, v: &mut [T], g: &[T], p: &[T]) {
-        let (m, s, wd) = (T::from_f64(self.momentum), T::from_f64(self.scale), T::from_f64(self.weight_decay));
-        v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(p.par_chunks(CHUNK)).for_each(|((v, g), p)| {
-            for ((v, &g), &p) in v.iter_mut().zip(g).zip(p) {
-                *v = m * *v + s * g + wd * p;
+    fn run<T: WithDType>(&self, p: &mut [T], g: &[T], v: &mut [T]) {
+        let (m, s, wd, lr) = (T::from_f64(self.momentum), T::from_f64(self.scale), T::from_f64(self.weight_decay), T::from_f64(self.lr));
+        p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|((p, g), v)| {
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
+                *v = m * *v + s * g + wd * *p;
+                *p = *p - lr * *v;
             }
         });
     }
 }
 
-impl InplaceOp3 for Momentum {
+impl InplaceOp2 for Momentum {
     fn name(&self) -> &'static str {
         "sgd-momentum"
     }
 
-    fn cpu_fwd(&self, v: &mut CpuStorage, lv: &Layout, g: &CpuStorage, lg: &Layout, p: &CpuStorage, lp: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(&self, p: &mut CpuStorage, lp: &Layout, g: &CpuStorage, lg: &Layout) -> candle_core::Result<()> {
         let name = self.name();
-        match (v, g, p) {
-            (CpuStorage::F32(v), CpuStorage::F32(g), CpuStorage::F32(p)) => {
-                let v = slice_mut(v, lv, name)?;
-                self.run(v, slice(g, lg, v.len(), name)?, slice(p, lp, v.len(), name)?)
+        let mut v = self.velocity.lock().expect("velocity lock");
+        match (p, g, &mut *v) {
+            (CpuStorage::F32(p), CpuStorage::F32(g), Velocity::F32(v)) => {
+                let p = slice_mut(p, lp, name)?;
+                let g = slice(g, lg, p.len(), name)?;
+                if v.len() != p.len() {
+                    candle_core::bail!("{name}: momentum buffer of {} for {} elements", v.len(), p.len())
+                }
+                self.run(p, g, v)
             }
-            (CpuStorage::F64(v), CpuStorage::F64(g), CpuStorage::F64(p)) => {
-                let v = slice_mut(v, lv, name)?;
-                self.run(v, slice(g, lg, v.len(), name)?, slice(p, lp, v.len(), name)?)
+            (CpuStorage::F64(p), CpuStorage::F64(g), Velocity::F64(v)) => {
+                let p = slice_mut(p, lp, name)?;
+                let g = slice(g, lg, p.len(), name)?;
+                if v.len() != p.len() {
+                    candle_core::bail!("{name}: momentum buffer of {} for {} elements", v.len(), p.len())
+                }
+                self.run(p, g, v)
             }
-            _ => candle_core::bail!("{name}: operands must all be f32 or all f64"),
+            _ => candle_core::bail!("{name}: variable, gradient and buffer must all be f32 or all f64"),
         }
         Ok(())
     }
@@ -243,7 +285,13 @@ mod tests {
         let mut p_ref = w.to_vec1::<f32>()?;
         let mut v_ref = None;
         let x = Tensor::new(&[1f32, -2., 3., 0.5], &Device::Cpu)?;
-        for _ in 0..3 {
+        for i in 0..3 {
+            if i == 2 {
+                // A resumed optimizer: buffers through a checkpoint's tensors.
+                let saved: std::collections::HashMap<_, _> = sgd.state()?.into_iter().collect();
+                sgd = Sgd::new(&varmap, cfg);
+                sgd.load_state(&saved)?;
+            }
             let w_now = varmap.data().lock().unwrap()["w"].as_tensor().clone();
             let loss = (w_now.sqr()? * &x)?.sum_all()?;
             let grads = loss.backward()?;
@@ -255,7 +303,7 @@ mod tests {
         for (a, b) in got.iter().zip(&p_ref) {
             assert!((a - b).abs() < 1e-6, "{got:?} vs {p_ref:?}");
         }
-        assert_eq!(sgd.state().len(), 1, "running statistics get no buffer");
+        assert_eq!(sgd.state()?.len(), 1, "running statistics get no buffer");
         Ok(())
     }
 }

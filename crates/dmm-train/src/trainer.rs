@@ -395,7 +395,7 @@ fn finish_evaluation(
     }
     meta.thresholds = state.thresholds.tau.iter().map(|&t| t as f32).collect();
     let state_json = serde_json::to_string(state).expect("state serializes");
-    checkpoint::save_with_extra(&run.last(), varmap, meta, sgd.state(), HashMap::from([(STATE_KEY.to_string(), state_json)]))?;
+    checkpoint::save_with_extra(&run.last(), varmap, meta, sgd.state()?, HashMap::from([(STATE_KEY.to_string(), state_json)]))?;
     let msg = format!(
         "eval @ it {:>6} (epoch {}): {} loss {:.4}  mean acc {:.4}  balanced {:.4}{}{}",
         record.iteration,
