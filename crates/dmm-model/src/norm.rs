@@ -108,17 +108,44 @@ fn channel_stats<T: WithDType>(xs: &[T], n: usize, c: usize, hw: usize) -> Vec<(
         .map(|ch| {
             let (mut s, mut s2) = (0f64, 0f64);
             for b in 0..n {
-                for &v in &xs[(b * c + ch) * hw..(b * c + ch + 1) * hw] {
-                    let v = v.to_f64();
-                    s += v;
-                    s2 += v * v;
-                }
+                let plane = &xs[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                let (ps, ps2) = lane_sums(plane.len(), |i| {
+                    let v = plane[i].to_f64();
+                    (v, v * v)
+                });
+                s += ps;
+                s2 += ps2;
             }
             let m = (n * hw) as f64;
             let mean = s / m;
             (mean, (s2 / m - mean * mean).max(0.0))
         })
         .collect()
+}
+
+/// Accumulator lanes of [`lane_sums`].
+const LANES: usize = 8;
+
+/// `(Σ f(i).0, Σ f(i).1)` over `0..len` in f64, in independent lanes: one running sum would
+/// chain every addition to the last and keep the loop scalar.
+#[inline(always)]
+fn lane_sums(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    let full = len / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for j in 0..LANES {
+            let (u, v) = f(base + j);
+            a[j] += u;
+            b[j] += v;
+        }
+    }
+    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for i in full..len {
+        let (u, v) = f(i);
+        sa += u;
+        sb += v;
+    }
+    (sa, sb)
 }
 
 /// Per-channel batch mean and biased variance, handed from the op to the running-stats update
@@ -204,23 +231,25 @@ struct BnTrainBackward {
 }
 
 fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n, c, hw): (usize, usize, usize)) -> Vec<T> {
+    let zero = T::zero();
     // The gradient reaching the normalization: dy, or dy where the ReLU let the output through.
-    let d_at = |i: usize| if op.relu && ys[i] <= T::zero() { 0.0 } else { dy[i].to_f64() };
+    let d_at = |i: usize| if op.relu && ys[i] <= zero { zero } else { dy[i] };
     let stats = &op.stats;
     let m = (n * hw) as f64;
-    // Per channel: Σdy and Σdy·x̂.
+    // Per channel: Σdy and Σdy·(x − mean).
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mean, var) = stats[ch];
-            let inv = 1.0 / (var + EPS).sqrt();
+            let mean = stats[ch].0;
             let (mut sdy, mut sdyx) = (0f64, 0f64);
             for b in 0..n {
-                for i in (b * c + ch) * hw..(b * c + ch + 1) * hw {
-                    let (x, d) = (xs[i], d_at(i));
-                    sdy += d;
-                    sdyx += d * (x.to_f64() - mean) * inv;
-                }
+                let base = (b * c + ch) * hw;
+                let (s, sx) = lane_sums(hw, |j| {
+                    let d = d_at(base + j).to_f64();
+                    (d, d * (xs[base + j].to_f64() - mean))
+                });
+                sdy += s;
+                sdyx += sx;
             }
             (sdy, sdyx)
         })
@@ -232,15 +261,19 @@ fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n
             let (mean, var) = stats[ch];
             let inv = 1.0 / (var + EPS).sqrt();
             let (sdy, sdyx) = sums[ch];
+            // dx = k·(m·d − Σd − x̂·Σd·x̂) with x̂ = (x − mean)·inv and Σd·x̂ = inv·sdyx, as
+            // a·d + b·(x − mean) + c0 in the element type.
             let k = op.gamma[ch] * inv / m;
-            for (j, o) in o.iter_mut().enumerate() {
-                let i = plane * hw + j;
-                let xhat = (xs[i].to_f64() - mean) * inv;
-                o.write(T::from_f64(k * (m * d_at(i) - sdy - xhat * sdyx)));
+            let (a, b, c0) = (T::from_f64(k * m), T::from_f64(-k * inv * inv * sdyx), T::from_f64(-k * sdy));
+            let mean = T::from_f64(mean);
+            let (xs, start) = (&xs[plane * hw..(plane + 1) * hw], plane * hw);
+            for (j, (o, &x)) in o.iter_mut().zip(xs).enumerate() {
+                o.write(a * d_at(start + j) + b * (x - mean) + c0);
             }
         });
         for ch in 0..c {
-            rest[ch].write(T::from_f64(sums[ch].1));
+            let inv = 1.0 / (stats[ch].1 + EPS).sqrt();
+            rest[ch].write(T::from_f64(sums[ch].1 * inv));
             rest[c + ch].write(T::from_f64(sums[ch].0));
         }
     };
