@@ -14,11 +14,11 @@
 //! reference in f64, and through the trunk against the PyTorch fixtures); layout rules are
 //! PyTorch's (no ceil mode, zero padding).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
-
-use std::mem::MaybeUninit;
 
 use crate::gemm::{all_threads, binary_kernel, matmul, matmul_uninit, written_vec, Mat};
 

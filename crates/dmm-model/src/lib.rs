@@ -1,11 +1,14 @@
 //! `dmm-model`: the DMM-CNN network on candle.
 //!
-//! This crate owns the trainable ResNet-50 trunk ([`trunk`]) with convolutions as matrix products
-//! ([`conv`]) and fused batch normalization ([`norm`]), max and adaptive max pooling with a
-//! correct backward and spatial pyramid pooling ([`pool`]), the attribute and landmark heads and
-//! the seven variants of Table 1 ([`model`], [`variant`]), and weight I/O: ImageNet trunk weights
-//! from a safetensors file or the Hugging Face Hub, and full checkpoints with the metadata that
-//! prediction needs ([`weights`], [`checkpoint`]).
+//! This crate owns:
+//! - the trainable ResNet-50 trunk ([`trunk`]);
+//! - its CPU kernels on the `gemm` crate: convolutions as matrix products ([`conv`]), fused batch
+//!   normalization + ReLU ([`norm`]), and fully connected layers whose gradients land in place
+//!   ([`linear`]);
+//! - max and adaptive max pooling with a correct backward, and spatial pyramid pooling ([`pool`]);
+//! - the attribute and landmark heads and the seven variants of Table 1 ([`model`], [`variant`]);
+//! - weight I/O: ImageNet trunk weights from a safetensors file or the Hugging Face Hub, and full
+//!   checkpoints with the metadata that prediction needs ([`weights`], [`checkpoint`]).
 //!
 //! It depends on `dmm-data` only for the attribute list, groups and normalization; it knows
 //! nothing about losses, optimizers or training loops (`dmm-train`).
