@@ -169,7 +169,7 @@ impl Momentum {
         p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(|((p, g), v)| {
             for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
                 *v = m * *v + s * g + wd * *p;
-                *p = *p - lr * *v;
+                *p -= lr * *v;
             }
         });
     }
