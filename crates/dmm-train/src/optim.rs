@@ -173,6 +173,18 @@ impl Momentum {
             }
         });
     }
+
+    /// [`Self::run`] on the operands' contiguous elements, after checking that the sizes agree.
+    fn run_checked<T: WithDType>(&self, p: &mut [T], lp: &Layout, g: &[T], lg: &Layout, v: &mut [T]) -> candle_core::Result<()> {
+        let name = "sgd-momentum";
+        let p = slice_mut(p, lp, name)?;
+        let g = slice(g, lg, p.len(), name)?;
+        if v.len() != p.len() {
+            candle_core::bail!("{name}: momentum buffer of {} for {} elements", v.len(), p.len())
+        }
+        self.run(p, g, v);
+        Ok(())
+    }
 }
 
 impl InplaceOp2 for Momentum {
@@ -184,22 +196,8 @@ impl InplaceOp2 for Momentum {
         let name = self.name();
         let mut v = self.velocity.lock().expect("velocity lock");
         match (p, g, &mut *v) {
-            (CpuStorage::F32(p), CpuStorage::F32(g), Velocity::F32(v)) => {
-                let p = slice_mut(p, lp, name)?;
-                let g = slice(g, lg, p.len(), name)?;
-                if v.len() != p.len() {
-                    candle_core::bail!("{name}: momentum buffer of {} for {} elements", v.len(), p.len())
-                }
-                self.run(p, g, v)
-            }
-            (CpuStorage::F64(p), CpuStorage::F64(g), Velocity::F64(v)) => {
-                let p = slice_mut(p, lp, name)?;
-                let g = slice(g, lg, p.len(), name)?;
-                if v.len() != p.len() {
-                    candle_core::bail!("{name}: momentum buffer of {} for {} elements", v.len(), p.len())
-                }
-                self.run(p, g, v)
-            }
+            (CpuStorage::F32(p), CpuStorage::F32(g), Velocity::F32(v)) => self.run_checked(p, lp, g, lg, v)?,
+            (CpuStorage::F64(p), CpuStorage::F64(g), Velocity::F64(v)) => self.run_checked(p, lp, g, lg, v)?,
             _ => candle_core::bail!("{name}: variable, gradient and buffer must all be f32 or all f64"),
         }
         Ok(())
