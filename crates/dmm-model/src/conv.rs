@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::gemm::{all_threads, binary_kernel, matmul, matmul_uninit, written_vec, Mat};
+use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul, matmul_uninit, written_vec, Mat};
 
 /// `xs` `[n, c_in, h, w]` convolved with `weight` `[c_out, c_in, kh, kw]`, square `stride` and
 /// `padding`, no bias, differentiable in both arguments.
@@ -140,14 +140,6 @@ impl Geometry {
 
     fn output_dims(&self) -> [usize; 4] {
         [self.n, self.c_out, self.oh, self.ow]
-    }
-
-    /// Fails unless the operand laid out as `layout` has shape `want`.
-    fn expect(layout: &Layout, want: [usize; 4], what: &str) -> candle_core::Result<()> {
-        if layout.shape().dims() != want {
-            candle_core::bail!("{what}: operand {:?} is not the {want:?} this convolution was built for", layout.shape())
-        }
-        Ok(())
     }
 
     /// Unfolds one image `[c_in, h, w]` into `cols` `[c_in·kh·kw, oh·ow]`: row `(c, i, j)`, column
@@ -314,8 +306,8 @@ impl CustomOp2 for Conv2d {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.g;
-        Geometry::expect(l1, g.input_dims(), "conv2d")?;
-        Geometry::expect(l2, g.weight_dims(), "conv2d")?;
+        expect_dims(l1, &g.input_dims(), "conv2d")?;
+        expect_dims(l2, &g.weight_dims(), "conv2d")?;
         let out = binary_kernel!("conv2d", s1, l1, s2, l2, |x, w| g.forward(x, w, self.epilogue.as_ref()));
         Ok((out, Shape::from(g.output_dims().to_vec())))
     }
@@ -339,8 +331,8 @@ impl CustomOp2 for InputGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        Geometry::expect(l1, g.output_dims(), "conv2d-input-grad")?;
-        Geometry::expect(l2, g.weight_dims(), "conv2d-input-grad")?;
+        expect_dims(l1, &g.output_dims(), "conv2d-input-grad")?;
+        expect_dims(l2, &g.weight_dims(), "conv2d-input-grad")?;
         let out = binary_kernel!("conv2d-input-grad", s1, l1, s2, l2, |dy, w| g.input_grad(dy, w));
         Ok((out, Shape::from(g.input_dims().to_vec())))
     }
@@ -353,8 +345,8 @@ impl CustomOp2 for WeightGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        Geometry::expect(l1, g.input_dims(), "conv2d-weight-grad")?;
-        Geometry::expect(l2, g.output_dims(), "conv2d-weight-grad")?;
+        expect_dims(l1, &g.input_dims(), "conv2d-weight-grad")?;
+        expect_dims(l2, &g.output_dims(), "conv2d-weight-grad")?;
         let out = binary_kernel!("conv2d-weight-grad", s1, l1, s2, l2, |x, dy| g.weight_grad(x, dy));
         Ok((out, Shape::from(g.weight_dims().to_vec())))
     }

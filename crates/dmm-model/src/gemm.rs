@@ -92,6 +92,14 @@ pub(crate) unsafe fn written_vec<T>(n: usize, fill: impl FnOnce(&mut [MaybeUnini
     v
 }
 
+/// Fails unless the operand laid out as `layout` has the shape `want` its op was built for.
+pub(crate) fn expect_dims(layout: &candle_core::Layout, want: &[usize], what: &str) -> candle_core::Result<()> {
+    if layout.shape().dims() != want {
+        candle_core::bail!("{what}: operand {:?} is not the {want:?} this op was built for", layout.shape())
+    }
+    Ok(())
+}
+
 /// Dispatches a two-operand kernel on f32/f64 contiguous storages.
 macro_rules! binary_kernel {
     ($name:expr, $s1:expr, $l1:expr, $s2:expr, $l2:expr, $f:expr) => {

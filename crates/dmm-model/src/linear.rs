@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use candle_nn::Linear;
 
-use crate::gemm::{all_threads, binary_kernel, matmul_uninit, written_vec, Mat};
+use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul_uninit, written_vec, Mat};
 
 /// `layer` applied to `xs` `[b, in] → [b, out]`, differentiable in the input, weight and bias.
 pub fn forward(layer: &Linear, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -37,13 +37,6 @@ struct InputGrad(Dense);
 /// `∂Y, x → ∂W = ∂Yᵀ·x`.
 struct WeightGrad(Dense);
 
-fn expect(layout: &Layout, want: [usize; 2], what: &str) -> candle_core::Result<()> {
-    if layout.shape().dims() != want {
-        candle_core::bail!("{what}: operand {:?} is not the {want:?} this layer was built for", layout.shape())
-    }
-    Ok(())
-}
-
 impl CustomOp2 for Dense {
     fn name(&self) -> &'static str {
         "linear"
@@ -51,8 +44,8 @@ impl CustomOp2 for Dense {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let Dense { b, n_in, n_out } = *self;
-        expect(l1, [b, n_in], "linear")?;
-        expect(l2, [n_out, n_in], "linear")?;
+        expect_dims(l1, &[b, n_in], "linear")?;
+        expect_dims(l2, &[n_out, n_in], "linear")?;
         let out = binary_kernel!("linear", s1, l1, s2, l2, |x, w| {
             // SAFETY: the product writes all b·n_out elements.
             unsafe { written_vec(b * n_out, |y| _ = matmul_uninit(y, Mat::rows(x, b, n_in), Mat::rows(w, n_out, n_in).t(), all_threads())) }
@@ -75,8 +68,8 @@ impl CustomOp2 for InputGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let Dense { b, n_in, n_out } = self.0;
-        expect(l1, [b, n_out], "linear-input-grad")?;
-        expect(l2, [n_out, n_in], "linear-input-grad")?;
+        expect_dims(l1, &[b, n_out], "linear-input-grad")?;
+        expect_dims(l2, &[n_out, n_in], "linear-input-grad")?;
         let out = binary_kernel!("linear-input-grad", s1, l1, s2, l2, |dy, w| {
             // SAFETY: the product writes all b·n_in elements.
             unsafe { written_vec(b * n_in, |gx| _ = matmul_uninit(gx, Mat::rows(dy, b, n_out), Mat::rows(w, n_out, n_in), all_threads())) }
@@ -92,8 +85,8 @@ impl CustomOp2 for WeightGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let Dense { b, n_in, n_out } = self.0;
-        expect(l1, [b, n_out], "linear-weight-grad")?;
-        expect(l2, [b, n_in], "linear-weight-grad")?;
+        expect_dims(l1, &[b, n_out], "linear-weight-grad")?;
+        expect_dims(l2, &[b, n_in], "linear-weight-grad")?;
         let out = binary_kernel!("linear-weight-grad", s1, l1, s2, l2, |dy, x| {
             // SAFETY: the product writes all n_out·n_in elements.
             unsafe { written_vec(n_out * n_in, |gw| _ = matmul_uninit(gw, Mat::rows(dy, b, n_out).t(), Mat::rows(x, b, n_in), all_threads())) }

@@ -9,15 +9,13 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
 
+use crate::gemm::{binary_kernel, written_vec};
 use crate::norm::BatchNorm2d as BatchNorm;
-
-use crate::gemm::written_vec;
-use crate::pool::{contiguous, max_pool2d};
+use crate::pool::max_pool2d;
 
 /// Blocks per stage of ResNet-50.
 pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
@@ -101,11 +99,7 @@ fn elementwise(name: &str, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &L
             })
         }
     }
-    let out = match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(run(contiguous(a, l1, name)?, contiguous(b, l2, name)?, relu_grad)),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(run(contiguous(a, l1, name)?, contiguous(b, l2, name)?, relu_grad)),
-        (a, _) => candle_core::bail!("{name}: unsupported or mixed dtypes ({:?})", a.dtype()),
-    };
+    let out = binary_kernel!(name, s1, l1, s2, l2, |a, b| run(a, b, relu_grad));
     Ok((out, l1.shape().clone()))
 }
 

@@ -33,7 +33,15 @@ enum Velocity {
 }
 
 impl Velocity {
-    /// The buffer of `t`'s values (zeros for a fresh one).
+    /// A zero buffer for the variable `p`.
+    fn zeros(p: &Tensor) -> Self {
+        match p.dtype() {
+            DType::F64 => Self::F64(vec![0.0; p.elem_count()]),
+            _ => Self::F32(vec![0.0; p.elem_count()]),
+        }
+    }
+
+    /// The buffer of `t`'s values.
     fn from_tensor(t: &Tensor) -> Result<Self> {
         let t = t.flatten_all()?;
         Ok(match t.dtype() {
@@ -95,7 +103,7 @@ impl Sgd {
             // A fresh buffer starts at zero, so the first step moves along the gradient itself.
             let v = match self.velocity.remove(name) {
                 Some(v) => v,
-                None => Velocity::from_tensor(&param.zeros_like()?)?,
+                None => Velocity::zeros(param),
             };
             let op = Momentum { velocity: Mutex::new(v), lr, momentum, scale, weight_decay };
             param.inplace_op2(&grad, &op)?;
