@@ -21,6 +21,13 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul, matmul_uninit, written_vec, Mat};
+#[cfg(feature = "cuda")]
+use {
+    crate::cuda::{self, float_dispatch},
+    candle_core::backend::BackendStorage,
+    candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView},
+    candle_core::{CudaDevice, CudaStorage},
+};
 
 /// `xs` `[n, c_in, h, w]` convolved with `weight` `[c_out, c_in, kh, kw]`, square `stride` and
 /// `padding`, no bias, differentiable in both arguments.
@@ -287,6 +294,91 @@ impl Geometry {
     }
 }
 
+/// The same products on the GPU, for the whole batch at once: the batch's columns
+/// `[n, c_in·kh·kw, oh·ow]` are unfolded in one kernel and multiplied in one strided-batched
+/// cuBLAS call (the weight gradient sums the images in one accumulating call each).
+#[cfg(feature = "cuda")]
+impl Geometry {
+    /// The kernel's geometry arguments after `total`.
+    fn cuda_args(&self) -> candle_core::Result<[i32; 9]> {
+        let v = [self.c_in, self.h, self.w, self.kh, self.kw, self.stride, self.padding, self.oh, self.ow];
+        let mut out = [0; 9];
+        for (o, v) in out.iter_mut().zip(v) {
+            *o = cuda::int(v)?;
+        }
+        Ok(out)
+    }
+
+    /// The batch's columns, `None` when pointwise (the input is its own column matrix).
+    fn cuda_cols<T: cuda::Float>(&self, dev: &CudaDevice, x: &CudaView<T>) -> candle_core::Result<Option<CudaSlice<T>>> {
+        if self.pointwise() {
+            return Ok(None);
+        }
+        let total = self.n * self.k() * self.l();
+        let mut cols = cuda::uninit::<T>(dev, total)?;
+        let [c_in, h, w, kh, kw, s, p, oh, ow] = self.cuda_args()?;
+        cuda::launch!(dev, T, "im2col", cuda::grid(total); x, &mut cols; total, c_in, h, w, kh, kw, s, p, oh, ow);
+        Ok(Some(cols))
+    }
+
+    fn cuda_forward<T: cuda::Float>(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, epilogue: Option<&Epilogue>) -> candle_core::Result<CudaStorage> {
+        let dev = &s1.device;
+        let (x, w) = (cuda::view::<T>(s1, l1, "conv2d")?, cuda::view::<T>(s2, l2, "conv2d")?);
+        let (k, l) = (self.k(), self.l());
+        let cols_buf = self.cuda_cols(dev, &x)?;
+        let cols = match &cols_buf {
+            Some(c) => c.slice(..),
+            None => x.slice(..),
+        };
+        let total = self.n * self.output();
+        let mut y = cuda::uninit::<T>(dev, total)?;
+        let (a, b) = (cuda::Operand { data: &w, transposed: false, stride: 0 }, cuda::Operand { data: &cols, transposed: false, stride: k * l });
+        cuda::gemm(dev, (self.n, self.c_out, l, k), a, b, &mut y.slice_mut(..), self.output(), false)?;
+        if let Some(e) = epilogue {
+            let coef = cuda::upload::<T>(dev, e.scale.iter().chain(&e.shift).copied())?;
+            let (c, relu) = (cuda::int(self.c_out)?, i32::from(e.relu));
+            cuda::launch!(dev, T, "channel_affine_inplace", cuda::grid(total); &mut y, &coef; total, c, l, relu);
+        }
+        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    }
+
+    fn cuda_input_grad<T: cuda::Float>(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<CudaStorage> {
+        let dev = &s1.device;
+        let (dy, w) = (cuda::view::<T>(s1, l1, "conv2d-input-grad")?, cuda::view::<T>(s2, l2, "conv2d-input-grad")?);
+        let (k, l) = (self.k(), self.l());
+        let (wt, dy) = (cuda::Operand { data: &w, transposed: true, stride: 0 }, cuda::Operand { data: &dy, transposed: false, stride: self.output() });
+        let total = self.n * self.image();
+        let mut dx = cuda::uninit::<T>(dev, total)?;
+        if self.pointwise() {
+            cuda::gemm(dev, (self.n, k, l, self.c_out), wt, dy, &mut dx.slice_mut(..), self.image(), false)?;
+        } else {
+            let mut gcols = cuda::uninit::<T>(dev, self.n * k * l)?;
+            cuda::gemm(dev, (self.n, k, l, self.c_out), wt, dy, &mut gcols.slice_mut(..), k * l, false)?;
+            let [c_in, h, w, kh, kw, s, p, oh, ow] = self.cuda_args()?;
+            cuda::launch!(dev, T, "col2im", cuda::grid(total); &gcols, &mut dx; total, c_in, h, w, kh, kw, s, p, oh, ow);
+        }
+        Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
+    }
+
+    fn cuda_weight_grad<T: cuda::Float>(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<CudaStorage> {
+        let dev = &s1.device;
+        let (x, dy) = (cuda::view::<T>(s1, l1, "conv2d-weight-grad")?, cuda::view::<T>(s2, l2, "conv2d-weight-grad")?);
+        let (k, l) = (self.k(), self.l());
+        let cols_buf = self.cuda_cols(dev, &x)?;
+        let cols = match &cols_buf {
+            Some(c) => c.slice(..),
+            None => x.slice(..),
+        };
+        let mut gw = cuda::uninit::<T>(dev, self.c_out * k)?;
+        for b in 0..self.n {
+            let (dy_b, cols_b) = (dy.slice(b * self.output()..(b + 1) * self.output()), cols.slice(b * k * l..(b + 1) * k * l));
+            let (a, c) = (cuda::Operand { data: &dy_b, transposed: false, stride: 0 }, cuda::Operand { data: &cols_b, transposed: true, stride: 0 });
+            cuda::gemm(dev, (1, self.c_out, k, l), a, c, &mut gw.slice_mut(..), 0, b > 0)?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(gw, dev.clone()))
+    }
+}
+
 /// The convolution node: `(x, weight) → y`, with an eval-mode epilogue or differentiable.
 struct Conv2d {
     g: Geometry,
@@ -309,6 +401,15 @@ impl CustomOp2 for Conv2d {
         expect_dims(l1, &g.input_dims(), "conv2d")?;
         expect_dims(l2, &g.weight_dims(), "conv2d")?;
         let out = binary_kernel!("conv2d", s1, l1, s2, l2, |x, w| g.forward(x, w, self.epilogue.as_ref()));
+        Ok((out, Shape::from(g.output_dims().to_vec())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let g = &self.g;
+        expect_dims(l1, &g.input_dims(), "conv2d")?;
+        expect_dims(l2, &g.weight_dims(), "conv2d")?;
+        let out = float_dispatch!("conv2d", s1.dtype(), |T| g.cuda_forward::<T>(s1, l1, s2, l2, self.epilogue.as_ref())?);
         Ok((out, Shape::from(g.output_dims().to_vec())))
     }
 
@@ -336,6 +437,15 @@ impl CustomOp2 for InputGrad {
         let out = binary_kernel!("conv2d-input-grad", s1, l1, s2, l2, |dy, w| g.input_grad(dy, w));
         Ok((out, Shape::from(g.input_dims().to_vec())))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let g = &self.0;
+        expect_dims(l1, &g.output_dims(), "conv2d-input-grad")?;
+        expect_dims(l2, &g.weight_dims(), "conv2d-input-grad")?;
+        let out = float_dispatch!("conv2d-input-grad", s1.dtype(), |T| g.cuda_input_grad::<T>(s1, l1, s2, l2)?);
+        Ok((out, Shape::from(g.input_dims().to_vec())))
+    }
 }
 
 impl CustomOp2 for WeightGrad {
@@ -348,6 +458,15 @@ impl CustomOp2 for WeightGrad {
         expect_dims(l1, &g.input_dims(), "conv2d-weight-grad")?;
         expect_dims(l2, &g.output_dims(), "conv2d-weight-grad")?;
         let out = binary_kernel!("conv2d-weight-grad", s1, l1, s2, l2, |x, dy| g.weight_grad(x, dy));
+        Ok((out, Shape::from(g.weight_dims().to_vec())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let g = &self.0;
+        expect_dims(l1, &g.input_dims(), "conv2d-weight-grad")?;
+        expect_dims(l2, &g.output_dims(), "conv2d-weight-grad")?;
+        let out = float_dispatch!("conv2d-weight-grad", s1.dtype(), |T| g.cuda_weight_grad::<T>(s1, l1, s2, l2)?);
         Ok((out, Shape::from(g.weight_dims().to_vec())))
     }
 }

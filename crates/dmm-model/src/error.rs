@@ -40,6 +40,9 @@ pub enum Error {
         /// What went wrong (including "not in the local cache" when offline).
         msg: String,
     },
+    /// A device cannot be opened.
+    #[error("{0}")]
+    Device(String),
     /// A weight source string is malformed.
     #[error("invalid weight source `{0}`: expected a file path or hf://owner/name[@revision][/file]")]
     BadSource(String),

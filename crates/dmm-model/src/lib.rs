@@ -5,6 +5,8 @@
 //! - its CPU kernels on the `gemm` crate: convolutions as matrix products ([`conv`]), fused batch
 //!   normalization + ReLU ([`norm`]), and fully connected layers whose gradients land in place
 //!   ([`linear`]);
+//! - the same kernels on CUDA (feature `cuda`): `kernels/dmm.cu` and cuBLAS, behind each op's
+//!   `cuda_fwd`, and the device names of the command line ([`device`]);
 //! - max and adaptive max pooling with a correct backward, and spatial pyramid pooling ([`pool`]);
 //! - the attribute and landmark heads and the seven variants of Table 1 ([`model`], [`variant`]);
 //! - weight I/O: ImageNet trunk weights from a safetensors file or the Hugging Face Hub, and full
@@ -18,6 +20,9 @@
 
 pub mod checkpoint;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod device;
 mod gemm;
 pub mod init;
 pub mod linear;
@@ -30,6 +35,7 @@ pub mod variant;
 pub mod weights;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
+pub use device::DeviceSpec;
 pub use error::{Error, Result};
 pub use model::{DmmModel, DmmOutput, ModelConfig};
 pub use variant::{AttributeHead, Variant};

@@ -5,6 +5,8 @@
 //! the layer's products. The variables are still candle-nn's `Linear` (names, init, checkpoints).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_nn::Linear;
 
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul_uninit, written_vec, Mat};
@@ -53,6 +55,15 @@ impl CustomOp2 for Dense {
         Ok((out, Shape::from((b, n_out))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let Dense { b, n_in, n_out } = *self;
+        expect_dims(l1, &[b, n_in], "linear")?;
+        expect_dims(l2, &[n_out, n_in], "linear")?;
+        let out = crate::cuda::product("linear", (s1, l1, false), (s2, l2, true), (b, n_out, n_in))?;
+        Ok((out, Shape::from((b, n_out))))
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let gx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &InputGrad(*self))?) } else { None };
@@ -76,6 +87,15 @@ impl CustomOp2 for InputGrad {
         });
         Ok((out, Shape::from((b, n_in))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let Dense { b, n_in, n_out } = self.0;
+        expect_dims(l1, &[b, n_out], "linear-input-grad")?;
+        expect_dims(l2, &[n_out, n_in], "linear-input-grad")?;
+        let out = crate::cuda::product("linear-input-grad", (s1, l1, false), (s2, l2, false), (b, n_in, n_out))?;
+        Ok((out, Shape::from((b, n_in))))
+    }
 }
 
 impl CustomOp2 for WeightGrad {
@@ -91,6 +111,15 @@ impl CustomOp2 for WeightGrad {
             // SAFETY: the product writes all n_out·n_in elements.
             unsafe { written_vec(n_out * n_in, |gw| _ = matmul_uninit(gw, Mat::rows(dy, b, n_out).t(), Mat::rows(x, b, n_in), all_threads())) }
         });
+        Ok((out, Shape::from((n_out, n_in))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let Dense { b, n_in, n_out } = self.0;
+        expect_dims(l1, &[b, n_out], "linear-weight-grad")?;
+        expect_dims(l2, &[b, n_in], "linear-weight-grad")?;
+        let out = crate::cuda::product("linear-weight-grad", (s1, l1, true), (s2, l2, false), (n_out, n_in, b))?;
         Ok((out, Shape::from((n_out, n_in))))
     }
 }

@@ -24,6 +24,11 @@ use rayon::prelude::*;
 
 use crate::gemm::written_vec;
 use crate::pool::contiguous;
+#[cfg(feature = "cuda")]
+use {
+    crate::cuda::{self, float_dispatch},
+    candle_core::CudaStorage,
+};
 
 /// PyTorch's defaults.
 const EPS: f64 = 1e-5;
@@ -150,7 +155,10 @@ fn lane_sums(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
 
 /// Per-channel batch mean and biased variance, handed from the op to the running-stats update
 /// and kept for the backward.
-type BatchStats = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
+type BatchStats = Arc<Mutex<Option<MeanVar>>>;
+
+/// Per-channel means and biased variances.
+type MeanVar = (Vec<f64>, Vec<f64>);
 
 /// Training-mode forward `(x, γ, β) → y`, clamped at 0 with `relu`; leaves the batch statistics
 /// for the running update.
@@ -204,6 +212,13 @@ impl CustomOp3 for BnTrain {
             _ => candle_core::bail!("batch norm: unsupported or mixed dtypes ({:?})", s1.dtype()),
         };
         *self.stats.lock().expect("stats lock") = Some(stats.into_iter().unzip());
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (out, stats) = float_dispatch!("batch norm", s1.dtype(), |T| cuda_forward::<T>(self.relu, (s1, l1), (s2, l2), (s3, l3))?);
+        *self.stats.lock().expect("stats lock") = Some(stats);
         Ok((out, l1.shape().clone()))
     }
 
@@ -296,6 +311,87 @@ impl CustomOp3 for BnTrainBackward {
         };
         Ok((out, Shape::from(n * c * h * w + 2 * c)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, s3: &CudaStorage, l3: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let out = float_dispatch!("batch norm backward", s1.dtype(), |T| cuda_backward::<T>(self, (s1, l1), (s2, l2), (s3, l3))?);
+        Ok((out, Shape::from(n * c * h * w + 2 * c)))
+    }
+}
+
+/// [`forward`] on the GPU: the per-channel sums in one block per channel (f64), the
+/// coefficients on the host from the same formulas, the output in one elementwise pass.
+#[cfg(feature = "cuda")]
+fn cuda_forward<T: cuda::Float>(relu: bool, (s1, l1): (&CudaStorage, &Layout), g: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<(CudaStorage, MeanVar)> {
+    let dev = &s1.device;
+    let (n, c, h, w) = l1.shape().dims4()?;
+    let (hw, total) = (h * w, l1.shape().elem_count());
+    let x = cuda::view::<T>(s1, l1, "batch norm: inputs")?;
+    let host = |(s, l): (&CudaStorage, &Layout)| -> Result<Vec<f64>> { Ok(dev.clone_dtoh(&cuda::view::<T>(s, l, "batch norm: inputs")?)?.into_iter().map(|v| v.to_f64()).collect()) };
+    let (gamma, beta) = (host(g)?, host(b)?);
+    let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
+    let (ni, ci, hwi) = (cuda::int(n)?, cuda::int(c)?, cuda::int(hw)?);
+    cuda::launch!(dev, T, "bn_sums", cuda::per_channel(c); &x, &mut sums; ni, ci, hwi);
+    let sums = dev.clone_dtoh(&sums)?;
+    let m = (n * hw) as f64;
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..c)
+        .map(|ch| {
+            let mean = sums[ch] / m;
+            (mean, (sums[c + ch] / m - mean * mean).max(0.0))
+        })
+        .unzip();
+    let scale: Vec<f64> = (0..c).map(|ch| gamma[ch] / (var[ch] + EPS).sqrt()).collect();
+    let shift: Vec<f64> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let coef = cuda::upload::<T>(dev, scale.into_iter().chain(shift))?;
+    let mut y = cuda::uninit::<T>(dev, total)?;
+    let relu = i32::from(relu);
+    cuda::launch!(dev, T, "channel_affine", cuda::grid(total); &x, &mut y, &coef; total, ci, hw, relu);
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), (mean, var)))
+}
+
+/// [`backward`] on the GPU: the two per-channel sums in one block per channel (f64), the
+/// coefficients and dγ, dβ on the host, dx in one elementwise pass.
+#[cfg(feature = "cuda")]
+fn cuda_backward<T: cuda::Float>(op: &BnTrainBackward, (s1, l1): (&CudaStorage, &Layout), (s2, l2): (&CudaStorage, &Layout), (s3, l3): (&CudaStorage, &Layout)) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let (n, c, h, w) = l1.shape().dims4()?;
+    let (hw, total) = (h * w, l1.shape().elem_count());
+    let what = "batch norm backward: inputs";
+    let (x, dy, y) = (cuda::view::<T>(s1, l1, what)?, cuda::view::<T>(s2, l2, what)?, cuda::view::<T>(s3, l3, what)?);
+    if dy.len() != total || y.len() != total || op.stats.len() != c {
+        candle_core::bail!("batch norm backward: operands do not match the forward's [{n}, {c}, {h}, {w}]")
+    }
+    let mean: Vec<f64> = op.stats.iter().map(|s| s.0).collect();
+    let mean_dev = dev.clone_htod(&mean)?;
+    let mut sums = dev.alloc_zeros::<f64>(2 * c)?;
+    let (ni, ci, hwi, relu) = (cuda::int(n)?, cuda::int(c)?, cuda::int(hw)?, i32::from(op.relu));
+    cuda::launch!(dev, T, "bn_backward_sums", cuda::per_channel(c); &x, &dy, &y, &mean_dev, &mut sums; ni, ci, hwi, relu);
+    let sums = dev.clone_dtoh(&sums)?;
+    let m = (n * hw) as f64;
+    let mut coef = vec![0f64; 4 * c];
+    let mut tail = vec![0f64; 2 * c];
+    for ch in 0..c {
+        let inv = 1.0 / (op.stats[ch].1 + EPS).sqrt();
+        let (sdy, sdyx) = (sums[ch], sums[c + ch]);
+        // The coefficients of the CPU kernel: dx = a·d + b·(x − mean) + c0.
+        let k = op.gamma[ch] * inv / m;
+        coef[ch] = k * m;
+        coef[c + ch] = -k * inv * inv * sdyx;
+        coef[2 * c + ch] = -k * sdy;
+        coef[3 * c + ch] = mean[ch];
+        tail[ch] = sdyx * inv;
+        tail[c + ch] = sdy;
+    }
+    let coef = cuda::upload::<T>(dev, coef)?;
+    let mut out = cuda::uninit::<T>(dev, total + 2 * c)?;
+    {
+        let mut dx = out.slice_mut(..total);
+        cuda::launch!(dev, T, "bn_backward_apply", cuda::grid(total); &x, &dy, &y, &coef, &mut dx; total, ci, hw, relu);
+    }
+    let tail: Vec<T> = tail.into_iter().map(T::from_f64).collect();
+    dev.memcpy_htod(&tail, &mut out.slice_mut(total..))?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }
 
 #[cfg(test)]

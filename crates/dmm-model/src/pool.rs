@@ -13,6 +13,12 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
+#[cfg(feature = "cuda")]
+use {
+    crate::cuda::float_dispatch,
+    candle_core::cuda_backend::cudarc::driver::CudaSlice,
+    candle_core::CudaStorage,
+};
 
 /// Half-open index range `[start, end)` along one axis.
 type Window = (usize, usize);
@@ -83,6 +89,13 @@ impl WindowMaxPool {
         best
     }
 
+    /// The row and column windows as `[start, end)` pairs of kernel ints, on the device.
+    #[cfg(feature = "cuda")]
+    fn cuda_windows(&self, dev: &candle_core::CudaDevice) -> candle_core::Result<(CudaSlice<i32>, CudaSlice<i32>)> {
+        let flat = |ws: &[Window]| -> candle_core::Result<Vec<i32>> { ws.iter().flat_map(|&(a, b)| [a, b]).map(crate::cuda::int).collect() };
+        Ok((dev.clone_htod(&flat(&self.rows)?)?, dev.clone_htod(&flat(&self.cols)?)?))
+    }
+
     fn check(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
         let (n, c, h, w) = layout.shape().dims4()?;
         let fits = |ws: &[Window], len: usize| ws.iter().all(|&(a, b)| a < b && b <= len);
@@ -146,6 +159,24 @@ impl CustomOp1 for WindowMaxPool {
         Ok((out, shape))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (n, c, h, w) = self.check(layout)?;
+        let (oh, ow) = (self.rows.len(), self.cols.len());
+        let dev = &storage.device;
+        let total = n * c * oh * ow;
+        let (rows, cols) = self.cuda_windows(dev)?;
+        let [h, w, ohi, owi] = [h, w, oh, ow].map(crate::cuda::int);
+        let (h, w, ohi, owi) = (h?, w?, ohi?, owi?);
+        let out = float_dispatch!("window max-pool", storage.dtype(), |T| {
+            let x = crate::cuda::view::<T>(storage, layout, "window max-pool: input")?;
+            let mut out = crate::cuda::uninit::<T>(dev, total)?;
+            crate::cuda::launch!(dev, T, "window_max_pool", crate::cuda::grid(total); &x, &mut out, &rows, &cols; total, h, w, ohi, owi);
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        });
+        Ok((out, Shape::from((n, c, oh, ow))))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grad = arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &WindowMaxPoolBackward(self.clone()))?;
         Ok(Some(grad))
@@ -175,6 +206,29 @@ impl CustomOp2 for WindowMaxPoolBackward {
             }
             _ => candle_core::bail!("window max-pool backward: unsupported or mixed dtypes"),
         };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let pool = &self.0;
+        let (n, c, h, w) = pool.check(l1)?;
+        let (oh, ow) = (pool.rows.len(), pool.cols.len());
+        if l2.shape().dims() != [n, c, oh, ow] {
+            candle_core::bail!("window max-pool backward: gradient shape {:?} does not match the output", l2.shape())
+        }
+        let dev = &s1.device;
+        let total = n * c * oh * ow;
+        let (rows, cols) = pool.cuda_windows(dev)?;
+        let [hi, wi, ohi, owi] = [h, w, oh, ow].map(crate::cuda::int);
+        let (hi, wi, ohi, owi) = (hi?, wi?, ohi?, owi?);
+        let out = float_dispatch!("window max-pool backward", s1.dtype(), |T| {
+            let x = crate::cuda::view::<T>(s1, l1, "window max-pool: input")?;
+            let g = crate::cuda::view::<T>(s2, l2, "window max-pool: gradient")?;
+            let mut dx = dev.alloc_zeros::<T>(n * c * h * w)?;
+            crate::cuda::launch!(dev, T, "window_max_pool_backward", crate::cuda::grid(total); &x, &g, &mut dx, &rows, &cols; total, hi, wi, ohi, owi);
+            CudaStorage::wrap_cuda_slice(dx, dev.clone())
+        });
         Ok((out, l1.shape().clone()))
     }
 }

@@ -10,6 +10,8 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
@@ -103,6 +105,25 @@ fn elementwise(name: &str, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &L
     Ok((out, l1.shape().clone()))
 }
 
+/// [`elementwise`] on the GPU, one kernel for both.
+#[cfg(feature = "cuda")]
+fn cuda_elementwise(name: &str, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, relu_grad: bool) -> Result<(CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    let dev = &s1.device;
+    let total = l1.shape().elem_count();
+    let out = crate::cuda::float_dispatch!(name, s1.dtype(), |T| {
+        let (a, b) = (crate::cuda::view::<T>(s1, l1, name)?, crate::cuda::view::<T>(s2, l2, name)?);
+        if b.len() != total {
+            candle_core::bail!("{name}: operands of {total} and {} elements", b.len())
+        }
+        let mut out = crate::cuda::uninit::<T>(dev, total)?;
+        let flag = i32::from(relu_grad);
+        crate::cuda::launch!(dev, T, "add_relu", crate::cuda::grid(total); &a, &b, &mut out; total, flag);
+        CudaStorage::wrap_cuda_slice(out, dev.clone())
+    });
+    Ok((out, l1.shape().clone()))
+}
+
 impl CustomOp2 for AddRelu {
     fn name(&self) -> &'static str {
         "add-relu"
@@ -110,6 +131,11 @@ impl CustomOp2 for AddRelu {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         elementwise(self.name(), s1, l1, s2, l2, false)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        cuda_elementwise(self.name(), s1, l1, s2, l2, false)
     }
 
     fn bwd(&self, _a: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -125,6 +151,11 @@ impl CustomOp2 for ReluGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         elementwise(self.name(), s1, l1, s2, l2, true)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        cuda_elementwise(self.name(), s1, l1, s2, l2, true)
     }
 }
 
