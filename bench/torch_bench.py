@@ -5,7 +5,8 @@ same step (forward, MSE on attributes and landmarks, backward, SGD with momentum
 
     python3 bench/torch_bench.py train-step --width 64 --size 112x112 --batch 8 --iters 5 --json
 
-`cargo xtask bench` runs it interleaved with `dmm bench` and prints the ratios.
+`cargo xtask bench` runs it interleaved with `dmm bench` and prints the ratios; `scripts/gpu-check.sh`
+runs it with --device cuda (f32, TF32 off, as dmm computes).
 """
 import argparse
 import importlib.util
@@ -32,16 +33,22 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     a = p.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        # Plain f32 products, as dmm's cuBLAS calls (TF32 would trade precision for speed).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = fixtures.Dmm(a.width, 68, fixtures.read_groups())
-    x = torch.randn(a.batch, 3, h, w)
+    model = fixtures.Dmm(a.width, 68, fixtures.read_groups()).to(dev)
+    x = torch.randn(a.batch, 3, h, w, device=dev)
     if a.mode == "train-step":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-        t_attr = torch.randn(a.batch, 40).sign()
-        t_lm = torch.rand(a.batch, 136)
+        t_attr = torch.randn(a.batch, 40, device=dev).sign()
+        t_lm = torch.rand(a.batch, 136, device=dev)
 
         def step():
             _, attrs, lms = model(x)
@@ -56,20 +63,28 @@ def main():
             with torch.inference_mode():
                 model(x)
 
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     step()  # warm-up
+    sync()
     times = []
     for _ in range(a.iters):
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
     # Peak resident set of the whole process (KiB on Linux), model and interpreter included.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"median_s": median, "images_per_s": a.batch / median, "peak_rss_mib": peak}
+    if dev.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"torch {a.mode} width {a.width} {h}x{w} batch {a.batch}: median {median:.3f} s, {out['images_per_s']:.1f} images/s, peak RSS {peak:.0f} MiB ({torch.get_num_threads()} threads)")
+        print(f"torch {a.mode} width {a.width} {h}x{w} batch {a.batch} on {dev}: median {median:.3f} s, {out['images_per_s']:.1f} images/s, peak RSS {peak:.0f} MiB ({torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

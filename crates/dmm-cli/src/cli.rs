@@ -38,6 +38,11 @@ pub enum Command {
     /// DMM-CNN on random data: the median seconds per call and images/s. `cargo xtask bench` runs
     /// the suite beside the PyTorch reference (bench/torch_bench.py).
     Bench(BenchArgs),
+    /// Check a CUDA build on its GPU: every custom op against the CPU path (f64, outputs and
+    /// gradients) and against finite differences, a DMM-CNN eval forward and training step against
+    /// the CPU, and the PyTorch fixtures. Prints one line per check; exits 1 if any fails.
+    /// `scripts/gpu-check.sh` runs it with the throughput benchmarks.
+    GpuCheck(GpuCheckArgs),
     /// Run the network on a tensor file (for parity checks against PyTorch): reads tensor `input`
     /// [N, 3, H, W] f32 and writes `trunk` [N, 32·W, h, w] — plus `attributes` [N, 40] and
     /// `landmarks` [N, 2T] when the weights are a full dmm checkpoint. Eval-mode batch norm.
@@ -133,6 +138,9 @@ pub struct ForwardArgs {
     /// Where to write the outputs (safetensors; written atomically).
     #[arg(long, value_name = "OUT")]
     pub output: PathBuf,
+    /// Where to run: cpu, or cuda / cuda:N in a CUDA build of dmm (`cargo xtask cuda-build`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: dmm_model::DeviceSpec,
     /// Resolve hf:// weights from the local Hugging Face cache only, never the network.
     #[arg(long)]
     pub offline: bool,
@@ -218,6 +226,9 @@ pub struct TrainArgs {
     /// Rescale DW's λ to sum to 40 (on in the CPU presets, off in paper).
     #[arg(long)]
     pub rescale_dw: Option<bool>,
+    /// Where to run: cpu, or cuda / cuda:N in a CUDA build of dmm (`cargo xtask cuda-build`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: dmm_model::DeviceSpec,
     /// Log one line per evaluation instead of a progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -246,6 +257,9 @@ pub struct EvalArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Where to run: cpu, or cuda / cuda:N in a CUDA build of dmm (`cargo xtask cuda-build`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: dmm_model::DeviceSpec,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -277,7 +291,23 @@ pub struct BenchArgs {
     /// Timed calls after one warm-up (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// Where to run: cpu, or cuda / cuda:N in a CUDA build of dmm (`cargo xtask cuda-build`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: dmm_model::DeviceSpec,
     /// Print {"median_s": …, "images_per_s": …}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GpuCheckArgs {
+    /// The device to check against the CPU (cpu compares the CPU with itself: a harness test).
+    #[arg(long, default_value = "cuda", value_name = "cpu|cuda[:N]")]
+    pub device: dmm_model::DeviceSpec,
+    /// Folder of the PyTorch fixtures (io_w8.safetensors, dmm_w8.safetensors).
+    #[arg(long, value_name = "DIR", default_value = "crates/dmm-model/tests/fixtures")]
+    pub fixtures: PathBuf,
+    /// Print JSON: {"device", "checks": [{"check", "error", "tolerance", "passed", "note"}], "failed"}.
     #[arg(long)]
     pub json: bool,
 }
@@ -305,6 +335,9 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Where to run: cpu, or cuda / cuda:N in a CUDA build of dmm (`cargo xtask cuda-build`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: dmm_model::DeviceSpec,
     /// Find the largest face with dlib and crop and align it like CelebA's 178×218 crops before
     /// predicting (for in-the-wild photos; needs --features dlib). Without it the image is used as
     /// given, so give face crops.

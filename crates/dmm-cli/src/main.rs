@@ -46,6 +46,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Landmarks(a) => commands::landmarks::run(a),
         cli::Command::Predict(a) => commands::predict::run(a),
         cli::Command::Bench(a) => commands::bench::run(a),
+        cli::Command::GpuCheck(a) => commands::gpu_check::run(a),
         cli::Command::Dataset { command } => match command {
             cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
             cli::DatasetCommand::Check(a) => commands::dataset::check(a),

@@ -25,30 +25,44 @@ pub struct Sgd {
     velocity: BTreeMap<String, Velocity>,
 }
 
-/// A momentum buffer, in its variable's dtype and element order.
+/// A momentum buffer, in its variable's dtype and element order: host memory for a CPU
+/// variable, a tensor on the variable's device otherwise.
 #[derive(Debug, Clone)]
 enum Velocity {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    OnDevice(Tensor),
 }
 
 impl Velocity {
     /// A zero buffer for the variable `p`.
-    fn zeros(p: &Tensor) -> Self {
-        match p.dtype() {
+    fn zeros(p: &Tensor) -> Result<Self> {
+        Ok(match p.dtype() {
+            _ if !p.device().is_cpu() => Self::OnDevice(p.zeros_like()?),
             DType::F64 => Self::F64(vec![0.0; p.elem_count()]),
             _ => Self::F32(vec![0.0; p.elem_count()]),
-        }
+        })
     }
 
-    /// The buffer of `t`'s values.
-    fn from_tensor(t: &Tensor) -> Result<Self> {
+    /// The buffer of `t`'s values, for the variable `p`.
+    fn from_tensor(t: &Tensor, p: &Tensor) -> Result<Self> {
+        if !p.device().is_cpu() {
+            return Ok(Self::OnDevice(t.to_dtype(p.dtype())?.to_device(p.device())?.reshape(p.shape())?));
+        }
         let t = t.flatten_all()?;
-        Ok(match t.dtype() {
-            DType::F64 => Self::F64(t.to_vec1()?),
+        Ok(match p.dtype() {
+            DType::F64 => Self::F64(t.to_dtype(DType::F64)?.to_vec1()?),
             _ => Self::F32(t.to_dtype(DType::F32)?.to_vec1()?),
         })
     }
+}
+
+/// The momentum step as tensor arithmetic, for variables off the CPU (the in-place kernels are
+/// CPU code): returns the new variable and buffer, `v ← m·v + s·g + λ·p`, `p ← p − η·v`.
+fn momentum_tensors(p: &Tensor, g: &Tensor, v: &Tensor, lr: f64, momentum: f64, scale: f64, weight_decay: f64) -> Result<(Tensor, Tensor)> {
+    let v = ((v * momentum)? + (g * scale)?)?;
+    let v = if weight_decay != 0.0 { (v + (p * weight_decay)?)? } else { v };
+    Ok(((p - (&v * lr)?)?, v))
 }
 
 /// Whether a variable is trained (batch-norm running statistics are not).
@@ -76,7 +90,7 @@ impl Sgd {
         let mut sum = 0f64;
         for (_, var) in &self.params {
             if let Some(g) = grads.get(var.as_tensor()) {
-                sum += g.apply_op1_no_bwd(&SumSquares)?.to_scalar::<f64>()?;
+                sum += if g.device().is_cpu() { g.apply_op1_no_bwd(&SumSquares)? } else { g.to_dtype(DType::F64)?.sqr()?.sum_all()? }.to_scalar::<f64>()?;
             }
         }
         Ok(sum.sqrt())
@@ -97,14 +111,24 @@ impl Sgd {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             let (grad, param) = (grad.contiguous()?, var.as_tensor());
             if momentum == 0.0 {
-                param.inplace_op2(&grad, &Descend { lr, scale, weight_decay })?;
+                if param.device().is_cpu() {
+                    param.inplace_op2(&grad, &Descend { lr, scale, weight_decay })?;
+                } else {
+                    var.set(&((param * (1.0 - lr * weight_decay))? - (grad * (lr * scale))?)?)?;
+                }
                 continue;
             }
             // A fresh buffer starts at zero, so the first step moves along the gradient itself.
             let v = match self.velocity.remove(name) {
                 Some(v) => v,
-                None => Velocity::zeros(param),
+                None => Velocity::zeros(param)?,
             };
+            if let Velocity::OnDevice(v) = &v {
+                let (p, v) = momentum_tensors(param, &grad, v, lr, momentum, scale, weight_decay)?;
+                var.set(&p)?;
+                self.velocity.insert(name.clone(), Velocity::OnDevice(v));
+                continue;
+            }
             let op = Momentum { velocity: Mutex::new(v), lr, momentum, scale, weight_decay };
             param.inplace_op2(&grad, &op)?;
             self.velocity.insert(name.clone(), op.velocity.into_inner().expect("velocity lock"));
@@ -120,6 +144,7 @@ impl Sgd {
             let t = match self.velocity.get(name) {
                 Some(Velocity::F32(v)) => Tensor::from_slice(v, shape, dev)?,
                 Some(Velocity::F64(v)) => Tensor::from_slice(v, shape, dev)?,
+                Some(Velocity::OnDevice(v)) => v.clone(),
                 None => continue,
             };
             out.push((format!("velocity.{name}"), t));
@@ -135,7 +160,7 @@ impl Sgd {
                 if v.elem_count() != var.elem_count() {
                     return Err(candle_core::Error::Msg(format!("momentum buffer {name}: {:?} for a variable of {:?}", v.dims(), var.dims())).into());
                 }
-                self.velocity.insert(name.clone(), Velocity::from_tensor(&v.to_dtype(var.dtype())?)?);
+                self.velocity.insert(name.clone(), Velocity::from_tensor(v, var.as_tensor())?);
             }
         }
         Ok(())
@@ -310,6 +335,24 @@ mod tests {
             assert!((a - b).abs() < 1e-6, "{got:?} vs {p_ref:?}");
         }
         assert_eq!(sgd.state()?.len(), 1, "running statistics get no buffer");
+        Ok(())
+    }
+
+    /// The tensor form used off the CPU follows the same reference rule (run here on the CPU).
+    #[test]
+    fn tensor_form_matches_the_reference_rule() -> Result<()> {
+        let cfg = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.01 };
+        let (mut p_ref, mut v_ref) = (vec![0.5f32, -1.0, 2.0], None);
+        let mut p = Tensor::new(p_ref.as_slice(), &Device::Cpu)?;
+        let mut v = p.zeros_like()?;
+        for step in 0..3 {
+            let g: Vec<f32> = p_ref.iter().map(|x| 2.0 * x - step as f32).collect();
+            (p, v) = momentum_tensors(&p, &Tensor::new(g.as_slice(), &Device::Cpu)?, &v, 0.1, cfg.momentum, 1.0, cfg.weight_decay)?;
+            cfg.step_reference(0.1, &mut p_ref, &g, &mut v_ref);
+        }
+        for (a, b) in p.to_vec1::<f32>()?.iter().zip(&p_ref) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
         Ok(())
     }
 }

@@ -118,12 +118,14 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Hugging Face cache only, for hf:// backbones.
     pub offline: bool,
+    /// Where the network runs. Results agree across devices to rounding, not bit for bit.
+    pub device: dmm_model::DeviceSpec,
 }
 
 /// Trains per `config` in `run`; see the module docs.
 pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Result<Outcome> {
     config.validate()?;
-    let device = Device::Cpu;
+    let device = options.device.open()?;
     let say = |msg: String| eprintln!("{msg}");
     prepare_run_dir(config, run, options)?;
 

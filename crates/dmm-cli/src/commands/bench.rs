@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use dmm_model::{DmmModel, ModelConfig};
 use dmm_policy::SgdConfig;
 use dmm_train::optim::Sgd;
@@ -16,7 +16,7 @@ use crate::cli::{BenchArgs, BenchMode};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (h, w) = crate::commands::train::parse_size(&args.size)?.ok_or_else(|| anyhow::anyhow!("--size must be HxW"))?;
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let config = ModelConfig { width: args.width, ..ModelConfig::paper() };
     let (model, varmap) = DmmModel::fresh(&config, &device)?;
     dmm_model::init::seeded(&varmap, 0)?;
@@ -42,10 +42,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     };
     step()?; // warm-up
+    device.synchronize()?;
     let mut times = Vec::with_capacity(args.iters);
     for _ in 0..args.iters.max(1) {
         let t = Instant::now();
         step()?;
+        // A GPU runs the step asynchronously: wait for it before reading the clock.
+        device.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -61,8 +64,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         let peak = peak.map(|p| format!(", peak RSS {p:.0} MiB")).unwrap_or_default();
         format!(
-            "dmm {mode} width {} {h}x{w} batch {b}: median {median:.3} s, {rate:.1} images/s{peak} ({} iterations, {} threads)\n",
+            "dmm {mode} width {} {h}x{w} batch {b} on {}: median {median:.3} s, {rate:.1} images/s{peak} ({} iterations, {} threads)\n",
             args.width,
+            args.device,
             times.len(),
             candle_core::utils::get_num_threads()
         )

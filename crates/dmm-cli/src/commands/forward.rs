@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use dmm_model::checkpoint::{self, read_meta};
 use dmm_model::weights::{load_trunk, read_safetensors};
 use dmm_model::{DmmModel, ModelConfig, Variant, WeightSource};
@@ -11,7 +11,7 @@ use dmm_model::{DmmModel, ModelConfig, Variant, WeightSource};
 use crate::cli::ForwardArgs;
 
 pub fn run(args: ForwardArgs) -> anyhow::Result<ExitCode> {
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let source: WeightSource = args.weights.parse()?;
     let path = source.resolve(args.offline, None).with_context(|| format!("finding the weights {source}"))?;
     let input = read_safetensors(&args.input, &device)?

@@ -4,6 +4,7 @@ pub mod annotate;
 pub mod bench;
 pub mod dataset;
 pub mod forward;
+pub mod gpu_check;
 pub mod train;
 pub mod landmarks;
 pub mod predict;

@@ -50,7 +50,7 @@ struct Input {
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let source: dmm_model::WeightSource = args.model.parse()?;
     let path = source.resolve(args.offline, None)?;
     let ckpt = checkpoint::load(&path, &device).with_context(|| format!("loading the model {source}"))?;

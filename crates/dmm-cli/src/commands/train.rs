@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::Device;
 use dmm_data::{Dataset, Loader, LoaderConfig, Split, Transform, CELEBA_ATTRIBUTES};
 use dmm_policy::Scheme;
 use dmm_train::metrics::mean_of;
@@ -56,7 +55,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         cfg.max_eval = args.max_eval;
     }
     let run = RunDir::new(&args.out);
-    let options = TrainOptions { resume: args.resume, quiet: args.quiet, stop_after: args.stop_after, offline: args.offline };
+    let options = TrainOptions { resume: args.resume, quiet: args.quiet, stop_after: args.stop_after, offline: args.offline, device: args.device };
     let outcome = dmm_train::train(&cfg, &run, &options).with_context(|| format!("training into {}", args.out.display()))?;
     let text = match outcome {
         Outcome::Finished { best_accuracy } => format!(
@@ -71,7 +70,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let ckpt = dmm_model::checkpoint::load(&args.model, &device)?;
     let split: Split = args.split.parse().map_err(anyhow::Error::msg)?;
     let kind: dmm_data::DatasetKind = args.dataset.into();
