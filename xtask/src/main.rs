@@ -7,12 +7,14 @@
 //! - `download` installs CelebA or LFWA from a Hub mirror or local files ([`download`]);
 //! - `landmarks` and `train` wrap the `dmm` commands of the same name ([`dmm`]);
 //! - `bench` times training steps and forwards beside PyTorch ([`bench`]);
+//! - `cuda-build` builds the CUDA binary with nvcc from PyPI ([`cuda`]);
 //! - `tidy` checks source hygiene ([`tidy`]).
 //!
 //! Training runs as `dmm` child processes built in release mode, so xtask itself stays light
 //! (no candle) and runs can go in parallel.
 
 mod bench;
+mod cuda;
 mod dmm;
 mod download;
 mod report;
@@ -122,6 +124,17 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         batch: usize,
     },
+    /// Build one release `dmm` with the CUDA path (`--device cuda`), on any x86-64 Linux machine:
+    /// nvcc and the CUDA 13.0 headers are installed from PyPI into target/cuda-sdk (or taken from
+    /// CUDA_HOME), the binary lands in target/cuda/release/dmm (stripped, under 64 MiB). Copy it
+    /// next to a checkout of this repository on the GPU machine and run scripts/gpu-check.sh.
+    /// The GPU needs an NVIDIA driver for CUDA 13 (580 or newer).
+    CudaBuild {
+        /// The GPU generation to compile the kernels for: 90 for H100/H200, 80 for A100, 89 for
+        /// L4/L40/RTX 40xx.
+        #[arg(long, default_value_t = cuda::DEFAULT_COMPUTE_CAP, value_name = "CC")]
+        compute_cap: u32,
+    },
     /// Check source hygiene: every .rs file opens with a `//!` doc saying what it is.
     Tidy,
 }
@@ -167,15 +180,20 @@ struct ExperimentArgs {
     /// Resolve hf:// backbones from the local Hugging Face cache only.
     #[arg(long)]
     offline: bool,
+    /// Where every run trains and evaluates: cpu, or cuda / cuda:N, which builds the CUDA binary
+    /// (`cargo xtask cuda-build`) unless --dmm names one. GPU runs go one at a time.
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu")]
+    device: String,
     /// Use this dmm executable instead of building one.
-    #[arg(long, value_name = "EXE", hide = true)]
+    #[arg(long, value_name = "EXE")]
     dmm: Option<PathBuf>,
 }
 
 impl ExperimentArgs {
     fn settings(&self) -> Settings {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let (jobs, threads) = runs::default_jobs(&self.preset, cores, self.jobs);
+        let on_gpu = self.device != "cpu";
+        let (jobs, threads) = if on_gpu { (self.jobs.unwrap_or(1), None) } else { runs::default_jobs(&self.preset, cores, self.jobs) };
         Settings {
             preset: self.preset.clone(),
             celeba: self.celeba.clone(),
@@ -185,6 +203,15 @@ impl ExperimentArgs {
             threads,
             backbone: self.backbone.clone(),
             offline: self.offline,
+            device: on_gpu.then(|| self.device.clone()),
+        }
+    }
+
+    /// The dmm executable: --dmm, else a build for the device.
+    fn dmm(&self, root: &Path) -> anyhow::Result<Dmm> {
+        match &self.dmm {
+            None if self.device != "cpu" => Ok(Dmm { exe: cuda::build(root, cuda::DEFAULT_COMPUTE_CAP)? }),
+            exe => Dmm::build(root, &[], exe.clone()),
         }
     }
 }
@@ -202,6 +229,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = project_root();
     match cli.command {
+        Command::CudaBuild { compute_cap } => {
+            cuda::build(&root, compute_cap)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tidy => {
             let problems = tidy::tidy(&root)?;
             for p in &problems {
@@ -222,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ensure_landmarks(&root, ds, settings.root(ds), None, exp.dmm.clone())?;
                 }
             }
-            let dmm = Dmm::build(&root, &[], exp.dmm.clone())?;
+            let dmm = exp.dmm(&root)?;
             let failures = ablate(&dmm, &settings)?;
             let command = reproduce_command(&exp, no_landmarks);
             let code = finish(&settings, &command, &failures)?;
@@ -231,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ablate { exp } => {
             let settings = exp.settings();
-            let dmm = Dmm::build(&root, &[], exp.dmm.clone())?;
+            let dmm = exp.dmm(&root)?;
             let failures = ablate(&dmm, &settings)?;
             for f in &failures {
                 eprintln!("failed: {f}");
@@ -290,6 +321,9 @@ fn reproduce_command(exp: &ExperimentArgs, no_landmarks: bool) -> String {
     }
     if let Some(b) = &exp.backbone {
         c += &format!(" --backbone {b}");
+    }
+    if exp.device != "cpu" {
+        c += &format!(" --device {}", exp.device);
     }
     if no_landmarks {
         c += " --no-landmarks";

@@ -121,6 +121,8 @@ pub struct Settings {
     pub backbone: Option<String>,
     /// Resolve hf:// backbones from the local cache only.
     pub offline: bool,
+    /// `--device` of every run (`None`: the CPU).
+    pub device: Option<String>,
 }
 
 impl Settings {
@@ -155,6 +157,9 @@ impl Settings {
             args.extend(["--weighting".into(), w.into()]);
         }
         args.extend(["--out".into(), path_str(&dir), "--resume".into(), "--quiet".into()]);
+        if let Some(d) = &self.device {
+            args.extend(["--device".into(), d.clone()]);
+        }
         match spec.ds {
             Ds::Celeba => {
                 if let Some(b) = &self.backbone {
@@ -172,9 +177,13 @@ impl Settings {
     /// The `dmm eval` arguments of `spec` (test split, JSON).
     pub fn eval_args(&self, spec: &Spec) -> Vec<String> {
         let model = self.dir(spec).join("model.safetensors");
-        ["eval", "--model", &path_str(&model), "--dataset", spec.ds.as_str(), "--root", &path_str(self.root(spec.ds)), "--split", "test", "--json"]
+        let mut args: Vec<String> = ["eval", "--model", &path_str(&model), "--dataset", spec.ds.as_str(), "--root", &path_str(self.root(spec.ds)), "--split", "test", "--json"]
             .map(String::from)
-            .to_vec()
+            .to_vec();
+        if let Some(d) = &self.device {
+            args.extend(["--device".into(), d.clone()]);
+        }
+        args
     }
 }
 
@@ -336,6 +345,7 @@ mod tests {
             threads: None,
             backbone: Some("hf://timm/resnet50.a1_in1k".into()),
             offline: false,
+            device: None,
         };
         let spec = Spec { ds: Ds::Lfwa, name: "dmm-cnn-aw".into(), variant: "dmm-cnn", weighting: Some("aw") };
         let args = s.train_args(&spec).join(" ");
@@ -345,6 +355,10 @@ mod tests {
         );
         let celeba = Spec { ds: Ds::Celeba, ..spec };
         assert!(s.train_args(&celeba).join(" ").ends_with("--backbone hf://timm/resnet50.a1_in1k"));
+        // A GPU run names its device to both commands.
+        let gpu = Settings { device: Some("cuda:1".into()), ..s };
+        assert!(gpu.train_args(&celeba).join(" ").contains("--quiet --device cuda:1 --backbone"));
+        assert!(gpu.eval_args(&celeba).join(" ").ends_with("--split test --json --device cuda:1"));
     }
 
     #[test]
