@@ -11,11 +11,14 @@
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)(n);                \
          i += (size_t)blockDim.x * gridDim.x)
 
-// Unfolds a batch [n, c_in, h, w] into columns [n, c_in*kh*kw, oh*ow]: row (c, i, j), column
-// (oy, ox) holds x[c, oy*s - p + i, ox*s - p + j], zero outside the image.
+// Unfolds a batch [n, c_in, h, w] into columns: image b, row (c, i, j), column (oy, ox) holds
+// x[b, c, oy*s - p + i, ox*s - p + j], zero outside the image, and goes to
+// b*img_stride + row*row_stride + oy*ow + ox. The forward's layout is [n, k, l] (img_stride k*l,
+// row_stride l); the weight gradient's is [k, n*l] (img_stride l, row_stride n*l), one matrix for
+// the whole batch.
 template <typename T>
 __device__ void im2col(const T *x, T *cols, size_t total, int c_in, int h, int w, int kh, int kw,
-                       int stride, int pad, int oh, int ow) {
+                       int stride, int pad, int oh, int ow, size_t img_stride, size_t row_stride) {
     const size_t l = (size_t)oh * ow;
     const size_t k = (size_t)c_in * kh * kw;
     GRID_STRIDE(idx, total) {
@@ -29,7 +32,7 @@ __device__ void im2col(const T *x, T *cols, size_t total, int c_in, int h, int w
         if (y >= 0 && y < h && xx >= 0 && xx < w) {
             v = x[((b * c_in + c) * h + y) * w + xx];
         }
-        cols[idx] = v;
+        cols[b * img_stride + r * row_stride + p] = v;
     }
 }
 
@@ -200,8 +203,9 @@ __device__ void window_max_pool_backward(const T *x, const T *grad, T *dx, const
 #define ENTRY_POINTS(T, S)                                                                         \
     extern "C" __global__ void im2col_##S(const T *x, T *cols, size_t total, int c_in, int h,      \
                                           int w, int kh, int kw, int stride, int pad, int oh,      \
-                                          int ow) {                                                \
-        im2col<T>(x, cols, total, c_in, h, w, kh, kw, stride, pad, oh, ow);                        \
+                                          int ow, size_t img_stride, size_t row_stride) {          \
+        im2col<T>(x, cols, total, c_in, h, w, kh, kw, stride, pad, oh, ow, img_stride,             \
+                  row_stride);                                                                     \
     }                                                                                              \
     extern "C" __global__ void col2im_##S(const T *cols, T *x, size_t total, int c_in, int h,      \
                                           int w, int kh, int kw, int stride, int pad, int oh,      \

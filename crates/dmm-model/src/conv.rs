@@ -294,9 +294,10 @@ impl Geometry {
     }
 }
 
-/// The same products on the GPU, for the whole batch at once: the batch's columns
-/// `[n, c_in·kh·kw, oh·ow]` are unfolded in one kernel and multiplied in one strided-batched
-/// cuBLAS call (the weight gradient sums the images in one accumulating call each).
+/// The same products on the GPU, for the whole batch at once: the batch's columns are unfolded
+/// in one kernel and multiplied in one cuBLAS call. The forward and the input gradient use a
+/// strided batch of per-image products; the weight gradient lays the batch side by side
+/// (`∂W = [∂Y_0 … ∂Y_n−1]·[cols_0 … cols_n−1]ᵀ`) so that one product sums the images.
 #[cfg(feature = "cuda")]
 impl Geometry {
     /// The kernel's geometry arguments after `total`.
@@ -309,16 +310,22 @@ impl Geometry {
         Ok(out)
     }
 
-    /// The batch's columns, `None` when pointwise (the input is its own column matrix).
+    /// Unfolds `x` with this geometry: image `b`, row `r` of its columns at
+    /// `b·img_stride + r·row_stride`.
+    fn cuda_unfold<T: cuda::Float>(&self, dev: &CudaDevice, x: &CudaView<T>, img_stride: usize, row_stride: usize) -> candle_core::Result<CudaSlice<T>> {
+        let total = self.n * self.k() * self.l();
+        let mut cols = cuda::uninit::<T>(dev, total)?;
+        let [c_in, h, w, kh, kw, s, p, oh, ow] = self.cuda_args()?;
+        cuda::launch!(dev, T, "im2col", cuda::grid(total); x, &mut cols; total, c_in, h, w, kh, kw, s, p, oh, ow, img_stride, row_stride);
+        Ok(cols)
+    }
+
+    /// The batch's columns `[n, k, l]`, `None` when pointwise (the input is its own columns).
     fn cuda_cols<T: cuda::Float>(&self, dev: &CudaDevice, x: &CudaView<T>) -> candle_core::Result<Option<CudaSlice<T>>> {
         if self.pointwise() {
             return Ok(None);
         }
-        let total = self.n * self.k() * self.l();
-        let mut cols = cuda::uninit::<T>(dev, total)?;
-        let [c_in, h, w, kh, kw, s, p, oh, ow] = self.cuda_args()?;
-        cuda::launch!(dev, T, "im2col", cuda::grid(total); x, &mut cols; total, c_in, h, w, kh, kw, s, p, oh, ow);
-        Ok(Some(cols))
+        Ok(Some(self.cuda_unfold(dev, x, self.k() * self.l(), self.l())?))
     }
 
     fn cuda_forward<T: cuda::Float>(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout, epilogue: Option<&Epilogue>) -> candle_core::Result<CudaStorage> {
@@ -363,18 +370,15 @@ impl Geometry {
     fn cuda_weight_grad<T: cuda::Float>(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<CudaStorage> {
         let dev = &s1.device;
         let (x, dy) = (cuda::view::<T>(s1, l1, "conv2d-weight-grad")?, cuda::view::<T>(s2, l2, "conv2d-weight-grad")?);
-        let (k, l) = (self.k(), self.l());
-        let cols_buf = self.cuda_cols(dev, &x)?;
-        let cols = match &cols_buf {
-            Some(c) => c.slice(..),
-            None => x.slice(..),
-        };
+        let (k, l, nl) = (self.k(), self.l(), self.n * self.l());
+        // Columns [k, n·l], and ∂Y as [c_out, n·l]: the same unfold with a 1×1 kernel.
+        let cols = self.cuda_unfold(dev, &x, l, nl)?;
+        let as_image = Geometry { c_in: self.c_out, h: self.oh, w: self.ow, kh: 1, kw: 1, stride: 1, padding: 0, ..*self };
+        let dy = as_image.cuda_unfold(dev, &dy, l, nl)?;
+        let (cols, dy) = (cols.slice(..), dy.slice(..));
         let mut gw = cuda::uninit::<T>(dev, self.c_out * k)?;
-        for b in 0..self.n {
-            let (dy_b, cols_b) = (dy.slice(b * self.output()..(b + 1) * self.output()), cols.slice(b * k * l..(b + 1) * k * l));
-            let (a, c) = (cuda::Operand { data: &dy_b, transposed: false, stride: 0 }, cuda::Operand { data: &cols_b, transposed: true, stride: 0 });
-            cuda::gemm(dev, (1, self.c_out, k, l), a, c, &mut gw.slice_mut(..), 0, b > 0)?;
-        }
+        let (a, b) = (cuda::Operand { data: &dy, transposed: false, stride: 0 }, cuda::Operand { data: &cols, transposed: true, stride: 0 });
+        cuda::gemm(dev, (1, self.c_out, k, nl), a, b, &mut gw.slice_mut(..), 0, false)?;
         Ok(CudaStorage::wrap_cuda_slice(gw, dev.clone()))
     }
 }
@@ -576,5 +580,85 @@ mod tests {
             }
         }
         Ok((Tensor::from_vec(gx, x.dims(), x.device())?, Tensor::from_vec(gw, wt.dims(), wt.device())?))
+    }
+}
+
+/// The CUDA kernels of this op, compiled for the host (`crate::emulated`), against the CPU code.
+#[cfg(test)]
+mod emulated_tests {
+    use super::*;
+    use crate::emulated::{data, kernels, max_diff};
+
+    type Im2col = unsafe extern "C" fn(*const f64, *mut f64, usize, i32, i32, i32, i32, i32, i32, i32, i32, i32, usize, usize);
+    type Col2im = unsafe extern "C" fn(*const f64, *mut f64, usize, i32, i32, i32, i32, i32, i32, i32, i32, i32);
+    type AffineInPlace = unsafe extern "C" fn(*mut f64, *const f64, usize, i32, usize, i32);
+
+    fn geometry(n: usize, c_in: usize, (h, w): (usize, usize), kernel: usize, stride: usize, padding: usize) -> Geometry {
+        let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+        Geometry { n, c_in, h, w, c_out: 4, kh: kernel, kw: kernel, stride, padding, oh, ow }
+    }
+
+    fn ints(g: &Geometry) -> [i32; 9] {
+        [g.c_in, g.h, g.w, g.kh, g.kw, g.stride, g.padding, g.oh, g.ow].map(|v| v as i32)
+    }
+
+    /// Both column layouts equal the CPU unfold image by image, and the fold kernel equals the
+    /// CPU fold, for every geometry the trunk uses (odd sizes included).
+    #[test]
+    fn unfold_and_fold_kernels_match_the_cpu() {
+        let k = kernels();
+        // SAFETY: the kernels' C signatures.
+        let (im2col, col2im) = unsafe { (k.get::<Im2col>("im2col_f64"), k.get::<Col2im>("col2im_f64")) };
+        let cases = [(2, 3, (9, 8), 3, 1, 1), (2, 4, (11, 10), 3, 2, 1), (2, 3, (23, 19), 7, 2, 3), (3, 5, (9, 7), 1, 2, 0), (2, 2, (5, 4), 1, 1, 0), (1, 2, (2, 3), 3, 2, 1)];
+        for (seed, &(n, c_in, hw, kernel, stride, padding)) in cases.iter().enumerate() {
+            let g = geometry(n, c_in, hw, kernel, stride, padding);
+            let [ci, h, w, kh, kw, s, p, oh, ow] = ints(&g);
+            let (kk, l, image) = (g.k(), g.l(), g.image());
+            let x = data(n * image, seed as u64);
+            let mut want = Vec::new();
+            for b in 0..n {
+                let mut buf = Vec::new();
+                g.unfold(&x[b * image..(b + 1) * image], &mut buf);
+                want.extend(buf);
+            }
+            let total = n * kk * l;
+            let (mut cols, mut side_by_side) = (vec![f64::NAN; total], vec![f64::NAN; total]);
+            // SAFETY: buffers of the sizes the arguments describe.
+            unsafe {
+                im2col(x.as_ptr(), cols.as_mut_ptr(), total, ci, h, w, kh, kw, s, p, oh, ow, kk * l, l);
+                im2col(x.as_ptr(), side_by_side.as_mut_ptr(), total, ci, h, w, kh, kw, s, p, oh, ow, l, n * l);
+            }
+            assert_eq!(max_diff(&cols, &want), 0.0, "[n, k, l] columns, case {seed}");
+            let regrouped: Vec<f64> = (0..n).flat_map(|b| (0..kk).flat_map(move |r| (0..l).map(move |q| (b, r, q)))).map(|(b, r, q)| side_by_side[r * n * l + b * l + q]).collect();
+            assert_eq!(max_diff(&regrouped, &want), 0.0, "[k, n·l] columns, case {seed}");
+
+            let gcols = data(total, 100 + seed as u64);
+            let mut folded = vec![0.0; n * image];
+            for b in 0..n {
+                g.fold(&gcols[b * kk * l..(b + 1) * kk * l], &mut folded[b * image..(b + 1) * image]);
+            }
+            let mut dx = vec![f64::NAN; n * image];
+            // SAFETY: as above.
+            unsafe { col2im(gcols.as_ptr(), dx.as_mut_ptr(), n * image, ci, h, w, kh, kw, s, p, oh, ow) };
+            assert!(max_diff(&dx, &folded) < 1e-12, "fold, case {seed}");
+        }
+    }
+
+    #[test]
+    fn the_epilogue_kernel_is_the_cpu_epilogue() {
+        // SAFETY: the kernel's C signature.
+        let affine = unsafe { kernels().get::<AffineInPlace>("channel_affine_inplace_f64") };
+        let (n, c, l) = (2, 3, 10);
+        let e = Epilogue { scale: vec![0.5, -1.5, 2.0], shift: vec![0.25, 0.0, -1.0], relu: true };
+        let y = data(n * c * l, 9);
+        let mut want = y.clone();
+        for img in want.chunks_mut(c * l) {
+            e.apply(img, l);
+        }
+        let coef: Vec<f64> = e.scale.iter().chain(&e.shift).copied().collect();
+        let mut got = y.clone();
+        // SAFETY: y holds n·c·l elements, coef 2·c.
+        unsafe { affine(got.as_mut_ptr(), coef.as_ptr(), got.len(), c as i32, l, 1) };
+        assert_eq!(max_diff(&got, &want), 0.0);
     }
 }

@@ -9,6 +9,8 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, WithDType};
 
+use crate::gemm::col_major_call;
+
 /// The kernels, compiled for `CUDA_COMPUTE_CAP` at build time.
 pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dmm.ptx"));
 
@@ -132,8 +134,7 @@ pub(crate) struct Operand<'v, 'a, T> {
 }
 
 /// Row-major `C_i = op(A_i)·op(B_i)` for `i < batch`, `C_i` `[m, n]` at `c_stride` apart, added to
-/// `C_i` with `accumulate`. cuBLAS is column-major, so it computes `C_iᵀ = op(B_i)ᵀ·op(A_i)ᵀ`:
-/// the same buffers with the operands swapped.
+/// `C_i` with `accumulate`: one cuBLAS call, mapped by [`col_major_call`].
 pub(crate) fn gemm<T: Float>(
     dev: &CudaDevice,
     (batch, m, n, k): (usize, usize, usize, usize),
@@ -148,20 +149,21 @@ pub(crate) fn gemm<T: Float>(
     if batch == 0 || a.data.len() < need(a.stride, m * k) || b.data.len() < need(b.stride, k * n) || c.len() < need(c_stride, m * n) {
         candle_core::bail!("gemm: buffers of {}, {} and {} elements for {batch} products of {m}×{k}·{k}×{n}", a.data.len(), b.data.len(), c.len())
     }
+    let call = col_major_call((batch, m, n, k), (a.transposed, a.stride), (b.transposed, b.stride), c_stride);
     let gemm = GemmConfig {
-        transa: op(b.transposed),
-        transb: op(a.transposed),
-        m: int(n)?,
-        n: int(m)?,
-        k: int(k)?,
+        transa: op(call.trans_a),
+        transb: op(call.trans_b),
+        m: int(call.m)?,
+        n: int(call.n)?,
+        k: int(call.k)?,
         alpha: T::from_f64(1.0),
-        lda: int(if b.transposed { k } else { n })?,
-        ldb: int(if a.transposed { m } else { k })?,
+        lda: int(call.lda)?,
+        ldb: int(call.ldb)?,
         beta: T::from_f64(if accumulate { 1.0 } else { 0.0 }),
-        ldc: int(n)?,
+        ldc: int(call.ldc)?,
     };
-    let cfg = StridedBatchedConfig { gemm, batch_size: int(batch)?, stride_a: b.stride as i64, stride_b: a.stride as i64, stride_c: c_stride as i64 };
-    // SAFETY: the sizes were checked against the views above.
+    let cfg = StridedBatchedConfig { gemm, batch_size: int(call.batch)?, stride_a: call.stride_a as i64, stride_b: call.stride_b as i64, stride_c: call.stride_c as i64 };
+    // SAFETY: the sizes were checked against the views above; the row-major B is the call's A.
     unsafe { T::gemm(&dev.cublas_handle(), cfg, b.data, a.data, c) }
 }
 

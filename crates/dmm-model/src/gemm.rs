@@ -120,3 +120,92 @@ macro_rules! binary_kernel {
     };
 }
 pub(crate) use binary_kernel;
+
+/// One column-major BLAS call (`?gemmStridedBatched`): `C_i = op(A_i)·op(B_i)` for `i < batch`,
+/// `C_i` `m × n`, with leading dimensions and batch strides in elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct ColMajorCall {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+/// The column-major call computing row-major `C_i = op(A_i)·op(B_i)` (`C_i` `[m, n]`, inner size
+/// `k`, each operand `(transposed, batch stride)`): a row-major matrix read column-major is its
+/// transpose, so the call computes `C_iᵀ = op(B_i)ᵀ·op(A_i)ᵀ`, with the row-major **B** as the
+/// call's A and the row-major **A** as its B.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn col_major_call((batch, m, n, k): (usize, usize, usize, usize), (a_t, a_stride): (bool, usize), (b_t, b_stride): (bool, usize), c_stride: usize) -> ColMajorCall {
+    ColMajorCall {
+        trans_a: b_t,
+        trans_b: a_t,
+        m: n,
+        n: m,
+        k,
+        lda: if b_t { k } else { n },
+        ldb: if a_t { m } else { k },
+        ldc: n,
+        batch,
+        stride_a: b_stride,
+        stride_b: a_stride,
+        stride_c: c_stride,
+    }
+}
+
+#[cfg(test)]
+mod col_major_tests {
+    use super::*;
+
+    /// The BLAS definition, column-major: `C[i + j·ldc] = Σ_p op(A)[i, p]·op(B)[p, j]`.
+    fn blas(call: &ColMajorCall, a: &[f64], b: &[f64], c: &mut [f64]) {
+        let at = |i: usize, p: usize, off: usize| if call.trans_a { a[off + p + i * call.lda] } else { a[off + i + p * call.lda] };
+        let bt = |p: usize, j: usize, off: usize| if call.trans_b { b[off + j + p * call.ldb] } else { b[off + p + j * call.ldb] };
+        for s in 0..call.batch {
+            for i in 0..call.m {
+                for j in 0..call.n {
+                    let v: f64 = (0..call.k).map(|p| at(i, p, s * call.stride_a) * bt(p, j, s * call.stride_b)).sum();
+                    c[s * call.stride_c + i + j * call.ldc] = v;
+                }
+            }
+        }
+    }
+
+    /// Every transposition and a batch with a shared operand: the call gives the row-major product.
+    #[test]
+    fn the_call_computes_the_row_major_product() {
+        let (batch, m, n, k) = (3, 4, 5, 6);
+        for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+            for a_shared in [false, true] {
+                let a_stride = if a_shared { 0 } else { m * k };
+                let a: Vec<f64> = (0..(batch - 1) * a_stride + m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+                let b: Vec<f64> = (0..batch * k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+                let mut c = vec![0.0; batch * m * n];
+                let call = col_major_call((batch, m, n, k), (a_t, a_stride), (b_t, k * n), m * n);
+                blas(&call, &b, &a, &mut c);
+                for s in 0..batch {
+                    let (ao, bo) = (s * a_stride, s * k * n);
+                    for i in 0..m {
+                        for j in 0..n {
+                            // Row-major op(A)[i, p]: stored [m, k], or [k, m] when transposed.
+                            let ra = |p: usize| if a_t { a[ao + p * m + i] } else { a[ao + i * k + p] };
+                            let rb = |p: usize| if b_t { b[bo + j * k + p] } else { b[bo + p * n + j] };
+                            let want: f64 = (0..k).map(|p| ra(p) * rb(p)).sum();
+                            let got = c[s * m * n + i * n + j];
+                            assert!((got - want).abs() < 1e-12, "a_t {a_t} b_t {b_t} shared {a_shared}: [{s}, {i}, {j}] {got} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -23,6 +23,8 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod device;
+#[cfg(test)]
+mod emulated;
 mod gemm;
 pub mod init;
 pub mod linear;

@@ -320,6 +320,47 @@ impl CustomOp3 for BnTrainBackward {
     }
 }
 
+/// The GPU forward's host step, from the kernel's per-channel sums `[Σx (c), Σx² (c)]` over `m`
+/// elements each: the batch statistics and the apply kernel's `[scale (c), shift (c)]`, by the
+/// formulas of [`channel_stats`] and [`forward`].
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn forward_coefficients(sums: &[f64], gamma: &[f64], beta: &[f64], m: f64) -> (MeanVar, Vec<f64>) {
+    let c = gamma.len();
+    let (mean, var): (Vec<f64>, Vec<f64>) = (0..c)
+        .map(|ch| {
+            let mean = sums[ch] / m;
+            (mean, (sums[c + ch] / m - mean * mean).max(0.0))
+        })
+        .unzip();
+    let scale: Vec<f64> = (0..c).map(|ch| gamma[ch] / (var[ch] + EPS).sqrt()).collect();
+    let shift = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]);
+    let coef = scale.iter().copied().chain(shift).collect();
+    ((mean, var), coef)
+}
+
+/// The GPU backward's host step, from the kernel's per-channel `[Σd (c), Σd·(x − mean) (c)]` over
+/// `m` elements each: the apply kernel's `[a, b, c0, mean]` (`dx = a·d + b·(x − mean) + c0`, as in
+/// [`backward`]) and the packed output's tail `[dγ (c), dβ (c)]`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn backward_coefficients(sums: &[f64], op: &BnTrainBackward, m: f64) -> (Vec<f64>, Vec<f64>) {
+    let c = op.stats.len();
+    let mut coef = vec![0f64; 4 * c];
+    let mut tail = vec![0f64; 2 * c];
+    for ch in 0..c {
+        let (mean, var) = op.stats[ch];
+        let inv = 1.0 / (var + EPS).sqrt();
+        let (sdy, sdyx) = (sums[ch], sums[c + ch]);
+        let k = op.gamma[ch] * inv / m;
+        coef[ch] = k * m;
+        coef[c + ch] = -k * inv * inv * sdyx;
+        coef[2 * c + ch] = -k * sdy;
+        coef[3 * c + ch] = mean;
+        tail[ch] = sdyx * inv;
+        tail[c + ch] = sdy;
+    }
+    (coef, tail)
+}
+
 /// [`forward`] on the GPU: the per-channel sums in one block per channel (f64), the
 /// coefficients on the host from the same formulas, the output in one elementwise pass.
 #[cfg(feature = "cuda")]
@@ -334,20 +375,12 @@ fn cuda_forward<T: cuda::Float>(relu: bool, (s1, l1): (&CudaStorage, &Layout), g
     let (ni, ci, hwi) = (cuda::int(n)?, cuda::int(c)?, cuda::int(hw)?);
     cuda::launch!(dev, T, "bn_sums", cuda::per_channel(c); &x, &mut sums; ni, ci, hwi);
     let sums = dev.clone_dtoh(&sums)?;
-    let m = (n * hw) as f64;
-    let (mean, var): (Vec<f64>, Vec<f64>) = (0..c)
-        .map(|ch| {
-            let mean = sums[ch] / m;
-            (mean, (sums[c + ch] / m - mean * mean).max(0.0))
-        })
-        .unzip();
-    let scale: Vec<f64> = (0..c).map(|ch| gamma[ch] / (var[ch] + EPS).sqrt()).collect();
-    let shift: Vec<f64> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
-    let coef = cuda::upload::<T>(dev, scale.into_iter().chain(shift))?;
+    let (stats, coef) = forward_coefficients(&sums, &gamma, &beta, (n * hw) as f64);
+    let coef = cuda::upload::<T>(dev, coef)?;
     let mut y = cuda::uninit::<T>(dev, total)?;
     let relu = i32::from(relu);
     cuda::launch!(dev, T, "channel_affine", cuda::grid(total); &x, &mut y, &coef; total, ci, hw, relu);
-    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), (mean, var)))
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), stats))
 }
 
 /// [`backward`] on the GPU: the two per-channel sums in one block per channel (f64), the
@@ -368,21 +401,7 @@ fn cuda_backward<T: cuda::Float>(op: &BnTrainBackward, (s1, l1): (&CudaStorage, 
     let (ni, ci, hwi, relu) = (cuda::int(n)?, cuda::int(c)?, cuda::int(hw)?, i32::from(op.relu));
     cuda::launch!(dev, T, "bn_backward_sums", cuda::per_channel(c); &x, &dy, &y, &mean_dev, &mut sums; ni, ci, hwi, relu);
     let sums = dev.clone_dtoh(&sums)?;
-    let m = (n * hw) as f64;
-    let mut coef = vec![0f64; 4 * c];
-    let mut tail = vec![0f64; 2 * c];
-    for ch in 0..c {
-        let inv = 1.0 / (op.stats[ch].1 + EPS).sqrt();
-        let (sdy, sdyx) = (sums[ch], sums[c + ch]);
-        // The coefficients of the CPU kernel: dx = a·d + b·(x − mean) + c0.
-        let k = op.gamma[ch] * inv / m;
-        coef[ch] = k * m;
-        coef[c + ch] = -k * inv * inv * sdyx;
-        coef[2 * c + ch] = -k * sdy;
-        coef[3 * c + ch] = mean[ch];
-        tail[ch] = sdyx * inv;
-        tail[c + ch] = sdy;
-    }
+    let (coef, tail) = backward_coefficients(&sums, op, (n * hw) as f64);
     let coef = cuda::upload::<T>(dev, coef)?;
     let mut out = cuda::uninit::<T>(dev, total + 2 * c)?;
     {
@@ -444,5 +463,67 @@ mod tests {
             assert!(diff(ga.get(a.as_tensor()).unwrap(), gb.get(b.as_tensor()).unwrap())? < 1e-10, "{name} gradient through the ReLU");
         }
         Ok(())
+    }
+}
+
+/// The CUDA kernels of this op, compiled for the host (`crate::emulated`), with the GPU path's
+/// host steps, against the CPU forward and backward.
+#[cfg(test)]
+mod emulated_tests {
+    use super::*;
+    use crate::emulated::{data, kernels, max_diff};
+
+    type Sums = unsafe extern "C" fn(*const f64, *mut f64, i32, i32, i32);
+    type Affine = unsafe extern "C" fn(*const f64, *mut f64, *const f64, usize, i32, usize, i32);
+    type BackwardSums = unsafe extern "C" fn(*const f64, *const f64, *const f64, *const f64, *mut f64, i32, i32, i32, i32);
+    type BackwardApply = unsafe extern "C" fn(*const f64, *const f64, *const f64, *const f64, *mut f64, usize, i32, usize, i32);
+
+    #[test]
+    fn the_gpu_forward_and_backward_are_the_cpu_ones() {
+        let k = kernels();
+        // SAFETY: the kernels' C signatures.
+        let (sums_k, affine, bsums_k, bapply) = unsafe {
+            (k.get::<Sums>("bn_sums_f64"), k.get::<Affine>("channel_affine_f64"), k.get::<BackwardSums>("bn_backward_sums_f64"), k.get::<BackwardApply>("bn_backward_apply_f64"))
+        };
+        let (n, c, hw) = (3, 4, 7 * 5);
+        let total = n * c * hw;
+        let x: Vec<f64> = data(total, 1).iter().map(|v| 3.0 * v + 1.0).collect();
+        let (gamma, beta) = (vec![0.5, 1.5, -2.0, 1.0], vec![0.1, -0.3, 0.7, 0.0]);
+        let dy = data(total, 2);
+        for relu in [false, true] {
+            let (want_y, want_stats) = forward(&x, &gamma, &beta, (n, c, hw), relu);
+            // Forward: per-channel sums (one block per channel), host coefficients, apply.
+            let mut sums = vec![0.0; 2 * c];
+            for ch in 0..c {
+                k.set_block(ch);
+                // SAFETY: x holds n·c·hw elements, sums 2·c.
+                unsafe { sums_k(x.as_ptr(), sums.as_mut_ptr(), n as i32, c as i32, hw as i32) };
+            }
+            let ((mean, var), coef) = forward_coefficients(&sums, &gamma, &beta, (n * hw) as f64);
+            k.set_block(0);
+            let mut y = vec![f64::NAN; total];
+            // SAFETY: as above, coef 2·c.
+            unsafe { affine(x.as_ptr(), y.as_mut_ptr(), coef.as_ptr(), total, c as i32, hw, i32::from(relu)) };
+            assert!(max_diff(&y, &want_y) < 1e-12, "output, relu {relu}");
+            let (want_mean, want_var): (Vec<f64>, Vec<f64>) = want_stats.iter().copied().unzip();
+            assert!(max_diff(&mean, &want_mean) < 1e-12 && max_diff(&var, &want_var) < 1e-12, "statistics");
+
+            // Backward: the two sums, host coefficients, apply, then dγ and dβ from the host.
+            let op = BnTrainBackward { gamma: gamma.clone(), stats: mean.iter().copied().zip(var.iter().copied()).collect(), relu };
+            let want = backward(&x, &dy, &y, &op, (n, c, hw));
+            let mut bsums = vec![0.0; 2 * c];
+            for ch in 0..c {
+                k.set_block(ch);
+                // SAFETY: x, dy, y hold n·c·hw elements, mean c, bsums 2·c.
+                unsafe { bsums_k(x.as_ptr(), dy.as_ptr(), y.as_ptr(), mean.as_ptr(), bsums.as_mut_ptr(), n as i32, c as i32, hw as i32, i32::from(relu)) };
+            }
+            let (coef, tail) = backward_coefficients(&bsums, &op, (n * hw) as f64);
+            k.set_block(0);
+            let mut dx = vec![f64::NAN; total];
+            // SAFETY: as above, coef 4·c.
+            unsafe { bapply(x.as_ptr(), dy.as_ptr(), y.as_ptr(), coef.as_ptr(), dx.as_mut_ptr(), total, c as i32, hw, i32::from(relu)) };
+            dx.extend(tail);
+            assert!(max_diff(&dx, &want) < 1e-12, "dx, dγ, dβ, relu {relu}");
+        }
     }
 }

@@ -323,3 +323,50 @@ mod tests {
         Ok(())
     }
 }
+
+/// The CUDA kernels of this op, compiled for the host (`crate::emulated`), against the CPU code.
+#[cfg(test)]
+mod emulated_tests {
+    use super::*;
+    use crate::emulated::{data, kernels, max_diff};
+
+    type Pool = unsafe extern "C" fn(*const f64, *mut f64, *const i32, *const i32, usize, i32, i32, i32, i32);
+    type PoolBackward = unsafe extern "C" fn(*const f64, *const f64, *mut f64, *const i32, *const i32, usize, i32, i32, i32, i32);
+
+    /// The stem pool and every SPP level (overlapping bins included), forward and backward.
+    #[test]
+    fn pool_kernels_match_the_cpu() {
+        let k = kernels();
+        // SAFETY: the kernels' C signatures.
+        let (fwd, bwd) = unsafe { (k.get::<Pool>("window_max_pool_f64"), k.get::<PoolBackward>("window_max_pool_backward_f64")) };
+        let (planes, h, w) = (6, 11, 9);
+        let mut x = data(planes * h * w, 5);
+        x[7] = f64::NAN; // a NaN wins its windows, as on the CPU
+        let pools = [
+            WindowMaxPool::new(pool_windows(h, 3, 2, 1), pool_windows(w, 3, 2, 1)),
+            WindowMaxPool::new(adaptive_windows(h, 1), adaptive_windows(w, 1)),
+            WindowMaxPool::new(adaptive_windows(h, 2), adaptive_windows(w, 2)),
+            WindowMaxPool::new(adaptive_windows(h, 3), adaptive_windows(w, 3)),
+            WindowMaxPool::new(adaptive_windows(2, 3), adaptive_windows(1, 3)),
+        ];
+        for (i, pool) in pools.iter().enumerate() {
+            let (ph, pw) = (pool.rows.last().unwrap().1, pool.cols.last().unwrap().1);
+            let x = &x[..planes * ph * pw];
+            let flat = |ws: &[Window]| -> Vec<i32> { ws.iter().flat_map(|&(a, b)| [a as i32, b as i32]).collect() };
+            let (rows, cols) = (flat(&pool.rows), flat(&pool.cols));
+            let (oh, ow) = (pool.rows.len(), pool.cols.len());
+            let total = planes * oh * ow;
+            let want = pool.fwd(x, planes, ph, pw);
+            let mut got = vec![f64::NAN; total];
+            // SAFETY: x holds planes·ph·pw elements, got total, the windows 2·oh and 2·ow.
+            unsafe { fwd(x.as_ptr(), got.as_mut_ptr(), rows.as_ptr(), cols.as_ptr(), total, ph as i32, pw as i32, oh as i32, ow as i32) };
+            assert_eq!(max_diff(&got, &want), 0.0, "forward, pool {i}");
+            let grad = data(total, 6 + i as u64);
+            let want = pool.bwd_kernel(x, &grad, planes, ph, pw);
+            let mut dx = vec![0.0; x.len()];
+            // SAFETY: as above, dx zero on entry.
+            unsafe { bwd(x.as_ptr(), grad.as_ptr(), dx.as_mut_ptr(), rows.as_ptr(), cols.as_ptr(), total, ph as i32, pw as i32, oh as i32, ow as i32) };
+            assert!(max_diff(&dx, &want) < 1e-12, "backward, pool {i}");
+        }
+    }
+}

@@ -314,3 +314,29 @@ mod tests {
         Ok(())
     }
 }
+
+/// The add + ReLU kernel, compiled for the host (`crate::emulated`), against the CPU code.
+#[cfg(test)]
+mod emulated_tests {
+    use crate::emulated::{data, kernels, max_diff};
+
+    type AddRelu = unsafe extern "C" fn(*const f64, *const f64, *mut f64, usize, i32);
+
+    #[test]
+    fn add_relu_and_its_gradient_match_the_cpu() {
+        // SAFETY: the kernel's C signature.
+        let kernel = unsafe { kernels().get::<AddRelu>("add_relu_f64") };
+        let (a, b) = (data(50, 1), data(50, 2));
+        for relu_grad in [false, true] {
+            let want = super::zip_map(&a, &b, |u, v| match relu_grad {
+                true if u > 0.0 => v,
+                true => 0.0,
+                false => (u + v).max(0.0),
+            });
+            let mut got = vec![f64::NAN; a.len()];
+            // SAFETY: three buffers of a.len() elements.
+            unsafe { kernel(a.as_ptr(), b.as_ptr(), got.as_mut_ptr(), a.len(), i32::from(relu_grad)) };
+            assert_eq!(max_diff(&got, &want), 0.0, "relu_grad {relu_grad}");
+        }
+    }
+}
