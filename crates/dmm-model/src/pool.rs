@@ -89,11 +89,13 @@ impl WindowMaxPool {
         best
     }
 
-    /// The row and column windows as `[start, end)` pairs of kernel ints, on the device.
+    /// The kernels' arguments for an `h × w` input: the row and column windows as `[start, end)`
+    /// pairs on the device, and `[h, w, oh, ow]` as kernel ints.
     #[cfg(feature = "cuda")]
-    fn cuda_windows(&self, dev: &candle_core::CudaDevice) -> candle_core::Result<(CudaSlice<i32>, CudaSlice<i32>)> {
+    fn cuda_args(&self, dev: &candle_core::CudaDevice, h: usize, w: usize) -> candle_core::Result<(CudaSlice<i32>, CudaSlice<i32>, [i32; 4])> {
         let flat = |ws: &[Window]| -> candle_core::Result<Vec<i32>> { ws.iter().flat_map(|&(a, b)| [a, b]).map(crate::cuda::int).collect() };
-        Ok((dev.clone_htod(&flat(&self.rows)?)?, dev.clone_htod(&flat(&self.cols)?)?))
+        let [h, w, oh, ow] = [h, w, self.rows.len(), self.cols.len()].map(crate::cuda::int);
+        Ok((dev.clone_htod(&flat(&self.rows)?)?, dev.clone_htod(&flat(&self.cols)?)?, [h?, w?, oh?, ow?]))
     }
 
     fn check(&self, layout: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
@@ -165,9 +167,7 @@ impl CustomOp1 for WindowMaxPool {
         let (oh, ow) = (self.rows.len(), self.cols.len());
         let dev = &storage.device;
         let total = n * c * oh * ow;
-        let (rows, cols) = self.cuda_windows(dev)?;
-        let [h, w, ohi, owi] = [h, w, oh, ow].map(crate::cuda::int);
-        let (h, w, ohi, owi) = (h?, w?, ohi?, owi?);
+        let (rows, cols, [h, w, ohi, owi]) = self.cuda_args(dev, h, w)?;
         let out = float_dispatch!("window max-pool", storage.dtype(), |T| {
             let x = crate::cuda::view::<T>(storage, layout, "window max-pool: input")?;
             let mut out = crate::cuda::uninit::<T>(dev, total)?;
@@ -219,9 +219,7 @@ impl CustomOp2 for WindowMaxPoolBackward {
         }
         let dev = &s1.device;
         let total = n * c * oh * ow;
-        let (rows, cols) = pool.cuda_windows(dev)?;
-        let [hi, wi, ohi, owi] = [h, w, oh, ow].map(crate::cuda::int);
-        let (hi, wi, ohi, owi) = (hi?, wi?, ohi?, owi?);
+        let (rows, cols, [hi, wi, ohi, owi]) = pool.cuda_args(dev, h, w)?;
         let out = float_dispatch!("window max-pool backward", s1.dtype(), |T| {
             let x = crate::cuda::view::<T>(s1, l1, "window max-pool: input")?;
             let g = crate::cuda::view::<T>(s2, l2, "window max-pool: gradient")?;
