@@ -77,7 +77,15 @@ echo
 
 status=0
 echo "## Correctness"
-if ! timeout 300 "$bin" gpu-check --device "$device" --fixtures "$repo/crates/dmm-model/tests/fixtures"; then
+errors=$(mktemp)
+trap 'rm -f "$errors"' EXIT
+timeout 300 "$bin" gpu-check --device "$device" --fixtures "$repo/crates/dmm-model/tests/fixtures" 2>"$errors"
+code=$?
+cat "$errors" >&2
+if grep -q "^error: $device:" "$errors"; then
+    echo "gpu-check.sh: $device cannot be opened (above); nothing else to run" >&2
+    exit 2
+elif [[ $code != 0 ]]; then
     echo "gpu-check.sh: dmm gpu-check failed" >&2
     status=1
 fi

@@ -69,3 +69,18 @@ fn the_script_runs_its_cpu_mode() {
         assert!(secs > 0.0, "{row}");
     }
 }
+
+#[test]
+fn the_script_stops_at_once_when_the_device_cannot_be_opened() {
+    if Command::new("bash").arg("--version").output().is_err() {
+        return;
+    }
+    // A CPU build (or a machine without a driver) cannot open cuda:0.
+    let out = Command::new("bash").arg(repo().join("scripts/gpu-check.sh")).args(["--bin", env!("CARGO_BIN_EXE_dmm"), "--device", "cuda:0"]).output().unwrap();
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if dmm_model::DeviceSpec::CUDA_BUILT && out.status.success() {
+        return; // a CUDA build on a GPU machine
+    }
+    assert_eq!(out.status.code(), Some(2), "{text}\n{err}");
+    assert!(err.contains("cuda:0 cannot be opened") && !text.contains("| train-step |"), "{text}\n{err}");
+}
