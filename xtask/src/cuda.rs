@@ -95,7 +95,7 @@ pub fn build(root: &Path, compute_cap: u32) -> anyhow::Result<PathBuf> {
     if mib > MAX_BINARY_MIB {
         bail!("{}: {mib:.1} MiB, over the {MAX_BINARY_MIB} MiB a GPU machine takes", exe.display());
     }
-    println!("{} ({mib:.1} MiB, CUDA 13.0, compute capability {compute_cap})", exe.display());
+    println!("{} ({mib:.1} MiB, CUDA 13.0, compute capability {compute_cap}; needs an NVIDIA driver 580+ and this machine's glibc or newer)", exe.display());
     println!("on the GPU machine, from a checkout of this repository: scripts/gpu-check.sh --bin {}", exe.display());
     Ok(exe)
 }
