@@ -2,7 +2,7 @@
 # Checks a CUDA build of dmm on an NVIDIA GPU, then measures it. Needs no Rust toolchain and no
 # network: only the binary from `cargo xtask cuda-build` (built on any x86-64 Linux machine), this
 # repository checkout (for the PyTorch fixtures and bench/torch_bench.py) and the CUDA libraries
-# the machine has: the driver's libcuda, and cuBLAS / cuRAND from a CUDA toolkit or from the pip
+# the machine has: the driver's libcuda, and cuBLAS from a CUDA toolkit or from the pip
 # packages PyTorch installs (nvidia/cu13/lib, nvidia/*/lib), which this script finds.
 #
 #   scripts/gpu-check.sh [--bin PATH] [--device cuda:N] [--cpu]

@@ -1,9 +1,10 @@
 //! `cargo xtask cuda-build`: one release `dmm` with the CUDA path, built on any x86-64 Linux
 //! machine, GPU or not. nvcc and the CUDA headers come from PyPI (NVIDIA's `nvidia-*` wheels,
 //! CUDA 13.0) into `target/cuda-sdk`; the build goes to its own target folder, `target/cuda`, so
-//! the CPU binary that `reproduce` uses is left alone. The binary loads the driver, cuBLAS and
-//! cuRAND when a CUDA device is opened, so it starts (and runs on the CPU) anywhere;
-//! `scripts/gpu-check.sh` finds those libraries on the GPU machine.
+//! the CPU binary that `reproduce` uses is left alone. The binary loads the driver and cuBLAS when
+//! a CUDA device opens (cuRAND only for random draws on the GPU, which dmm does not make), so it
+//! starts, and runs on the CPU, anywhere; `scripts/gpu-check.sh` finds those libraries on the GPU
+//! machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -32,8 +32,8 @@ impl DeviceSpec {
     }
 }
 
-/// `Device::new_cuda`, with cudarc's panic on a missing library (it loads the driver, cuBLAS and
-/// cuRAND at run time) turned into an error that says which library and where to look.
+/// `Device::new_cuda`, with cudarc's panic on a missing library (it loads the driver and cuBLAS
+/// as the device opens) turned into an error that says which library and where to look.
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));

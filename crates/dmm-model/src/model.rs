@@ -9,7 +9,7 @@
 //! FC sizes scale with `width / 64` so reduced presets keep the topology. Outputs are linear;
 //! attributes come back in CelebA order whatever the grouping.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use dmm_data::{AttributeGroups, N_ATTRS};
 
@@ -141,7 +141,26 @@ impl DmmModel {
     /// A freshly initialised network and the [`VarMap`] holding its variables (the optimizer's
     /// parameters, the running statistics, and what checkpoints save).
     pub fn fresh(config: &ModelConfig, device: &Device) -> Result<(Self, VarMap)> {
+        if !device.is_cpu() {
+            return Self::fresh_from_cpu(config, device);
+        }
         let varmap = VarMap::new();
+        let model = Self::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        Ok((model, varmap))
+    }
+
+    /// [`Self::fresh`] with the initial values drawn on the CPU and copied to `device`, so a GPU
+    /// run needs no device random-number library (cuRAND; PyTorch's CUDA 13 wheels lack it).
+    fn fresh_from_cpu(config: &ModelConfig, device: &Device) -> Result<(Self, VarMap)> {
+        let (on_cpu, varmap) = (VarMap::new(), VarMap::new());
+        Self::new(config, VarBuilder::from_varmap(&on_cpu, DType::F32, &Device::Cpu))?;
+        {
+            let mut data = varmap.data().lock().expect("varmap lock");
+            for (name, var) in on_cpu.data().lock().expect("varmap lock").iter() {
+                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_device(device)?)?);
+            }
+        }
+        // Every variable exists, so the builder hands the copies to the layers.
         let model = Self::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
         Ok((model, varmap))
     }
@@ -212,6 +231,22 @@ mod tests {
             assert!(names.iter().any(|n| n == "layer4.2.bn3.running_var"), "{v}");
             assert_eq!(names.iter().any(|n| n.starts_with("landmarks.")), v.uses_landmarks(), "{v}");
         }
+        Ok(())
+    }
+
+    /// The GPU's construction (values drawn on the CPU, then copied) builds the same network
+    /// over the same variables: with the same seeded values, the outputs agree exactly.
+    #[test]
+    fn building_through_the_cpu_wires_the_copies_into_the_layers() -> Result<()> {
+        let xs = Tensor::randn(0f32, 1., (2, 3, 64, 48), &Device::Cpu)?;
+        let (direct, vm_direct) = DmmModel::fresh(&config(Variant::DmmCnn), &Device::Cpu)?;
+        let (copied, vm_copied) = DmmModel::fresh_from_cpu(&config(Variant::DmmCnn), &Device::Cpu)?;
+        assert_eq!(vm_direct.all_vars().len(), vm_copied.all_vars().len());
+        crate::init::seeded(&vm_direct, 3)?;
+        crate::init::seeded(&vm_copied, 3)?;
+        let (a, b) = (direct.forward_t(&xs, true)?, copied.forward_t(&xs, true)?);
+        assert_eq!(a.attributes.to_vec2::<f32>()?, b.attributes.to_vec2::<f32>()?);
+        assert_eq!(a.landmarks.unwrap().to_vec2::<f32>()?, b.landmarks.unwrap().to_vec2::<f32>()?);
         Ok(())
     }
 

@@ -21,9 +21,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (model, varmap) = DmmModel::fresh(&config, &device)?;
     dmm_model::init::seeded(&varmap, 0)?;
     let b = args.batch;
-    let x = Tensor::randn(0f32, 1., (b, 3, h, w), &device)?;
-    let t_attr = Tensor::randn(0f32, 1., (b, 40), &device)?.sign()?;
-    let t_lm = Tensor::rand(0f32, 1., (b, 2 * config.n_points), &device)?;
+    // Drawn on the CPU and copied: a GPU needs no random-number library for this.
+    let cpu = candle_core::Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (b, 3, h, w), &cpu)?.to_device(&device)?;
+    let t_attr = Tensor::randn(0f32, 1., (b, 40), &cpu)?.sign()?.to_device(&device)?;
+    let t_lm = Tensor::rand(0f32, 1., (b, 2 * config.n_points), &cpu)?.to_device(&device)?;
     let mut sgd = Sgd::new(&varmap, SgdConfig::paper());
     let mut step = || -> anyhow::Result<()> {
         match args.mode {

@@ -25,8 +25,23 @@ impl DeviceId {
     }
 }
 
-struct CudaRng(cudarc::curand::CudaRng);
+// dmm patch (see PATCHED.md): cuRAND is created on first use, from the current seed, so a device
+// opens on machines without libcurand (PyTorch's CUDA 13 wheels do not ship it).
+struct CudaRng(Option<cudarc::curand::CudaRng>);
 unsafe impl Send for CudaRng {}
+
+impl CudaRng {
+    fn get(
+        &mut self,
+        seed: u64,
+        stream: &Arc<cudarc::driver::CudaStream>,
+    ) -> Result<&cudarc::curand::CudaRng> {
+        if self.0.is_none() {
+            self.0 = Some(cudarc::curand::CudaRng::new(seed, stream.clone()).w()?);
+        }
+        Ok(self.0.as_ref().expect("created above"))
+    }
+}
 
 const CUDA_GRAPH_HTOD_CACHE_MAX_BYTES: usize = 4096;
 
@@ -373,7 +388,6 @@ impl CudaDevice {
         stream: Arc<cudarc::driver::CudaStream>,
     ) -> Result<Self> {
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).w()?;
-        let curand = cudarc::curand::CudaRng::new(299792458, stream.clone()).w()?;
         let module_store = ModuleStore {
             mdls: [const { None }; kernels::ALL_IDS.len()],
         };
@@ -382,7 +396,7 @@ impl CudaDevice {
             context,
             stream,
             blas: Arc::new(blas),
-            curand: Arc::new(Mutex::new(CudaRng(curand))),
+            curand: Arc::new(Mutex::new(CudaRng(None))),
             modules: Arc::new(std::sync::RwLock::new(module_store)),
             custom_modules: Arc::new(std::sync::RwLock::new(HashMap::new())),
             seed_value: Arc::new(RwLock::new(299792458)),
@@ -403,7 +417,7 @@ impl BackendDevice for CudaDevice {
         // We do not call set_seed but instead create a new curand object. This ensures that the
         // state will be identical and the same random numbers will be generated.
         let mut curand = self.curand.lock().unwrap();
-        curand.0 = cudarc::curand::CudaRng::new(seed, self.stream.clone()).w()?;
+        curand.0 = None;
         *self.seed_value.write().unwrap() = seed;
         Ok(())
     }
@@ -479,7 +493,8 @@ impl BackendDevice for CudaDevice {
 
     fn rand_uniform(&self, shape: &Shape, dtype: DType, lo: f64, up: f64) -> Result<CudaStorage> {
         let elem_count = shape.elem_count();
-        let curand = self.curand.lock().unwrap();
+        let mut curand = self.curand.lock().unwrap();
+        let curand = curand.get(*self.seed_value.read().unwrap(), &self.stream)?;
         let slice = match dtype {
             // TODO: Add support for F16 and BF16 though this is likely to require some upstream
             // cudarc changes.
@@ -496,12 +511,12 @@ impl BackendDevice for CudaDevice {
             .w()?,
             DType::F32 => {
                 let mut data = unsafe { self.alloc::<f32>(elem_count)? };
-                curand.0.fill_with_uniform(&mut data).w()?;
+                curand.fill_with_uniform(&mut data).w()?;
                 CudaStorageSlice::F32(data)
             }
             DType::F64 => {
                 let mut data = unsafe { self.alloc::<f64>(elem_count)? };
-                curand.0.fill_with_uniform(&mut data).w()?;
+                curand.fill_with_uniform(&mut data).w()?;
                 CudaStorageSlice::F64(data)
             }
             DType::F8E4M3 | DType::F6E2M3 | DType::F6E3M2 | DType::F4 | DType::F8E8M0 => {
@@ -529,7 +544,8 @@ impl BackendDevice for CudaDevice {
         // TODO: Add support for F16 and BF16 though this is likely to require some upstream
         // cudarc changes.
         let elem_count = shape.elem_count();
-        let curand = self.curand.lock().unwrap();
+        let mut curand = self.curand.lock().unwrap();
+        let curand = curand.get(*self.seed_value.read().unwrap(), &self.stream)?;
         // curand can only generate an odd number of values.
         // https://github.com/huggingface/candle/issues/734
         let elem_count_round = if elem_count % 2 == 1 {
@@ -552,14 +568,13 @@ impl BackendDevice for CudaDevice {
             DType::F32 => {
                 let mut data = unsafe { self.alloc::<f32>(elem_count_round)? };
                 curand
-                    .0
                     .fill_with_normal(&mut data, mean as f32, std as f32)
                     .w()?;
                 CudaStorageSlice::F32(data)
             }
             DType::F64 => {
                 let mut data = unsafe { self.alloc::<f64>(elem_count_round)? };
-                curand.0.fill_with_normal(&mut data, mean, std).w()?;
+                curand.fill_with_normal(&mut data, mean, std).w()?;
                 CudaStorageSlice::F64(data)
             }
             DType::F8E4M3 | DType::F6E2M3 | DType::F6E3M2 | DType::F4 | DType::F8E8M0 => {
