@@ -30,23 +30,21 @@ pub(crate) trait Float: WithDType + CudaDType + DeviceRepr + ValidAsZeroBits {
     unsafe fn gemm(blas: &CudaBlas, cfg: StridedBatchedConfig<Self>, a: &CudaView<Self>, b: &CudaView<Self>, c: &mut CudaViewMut<Self>) -> Result<()>;
 }
 
-impl Float for f32 {
-    const SUFFIX: &'static str = "f32";
+/// The two element types, each with its kernel suffix and cuBLAS routine.
+macro_rules! float_impl {
+    ($t:ty, $suffix:literal) => {
+        impl Float for $t {
+            const SUFFIX: &'static str = $suffix;
 
-    unsafe fn gemm(blas: &CudaBlas, cfg: StridedBatchedConfig<Self>, a: &CudaView<Self>, b: &CudaView<Self>, c: &mut CudaViewMut<Self>) -> Result<()> {
-        // SAFETY: forwarded to the caller.
-        unsafe { blas.gemm_strided_batched(cfg, a, b, c) }.w()
-    }
+            unsafe fn gemm(blas: &CudaBlas, cfg: StridedBatchedConfig<Self>, a: &CudaView<Self>, b: &CudaView<Self>, c: &mut CudaViewMut<Self>) -> Result<()> {
+                // SAFETY: forwarded to the caller.
+                unsafe { blas.gemm_strided_batched(cfg, a, b, c) }.w()
+            }
+        }
+    };
 }
-
-impl Float for f64 {
-    const SUFFIX: &'static str = "f64";
-
-    unsafe fn gemm(blas: &CudaBlas, cfg: StridedBatchedConfig<Self>, a: &CudaView<Self>, b: &CudaView<Self>, c: &mut CudaViewMut<Self>) -> Result<()> {
-        // SAFETY: forwarded to the caller.
-        unsafe { blas.gemm_strided_batched(cfg, a, b, c) }.w()
-    }
-}
+float_impl!(f32, "f32");
+float_impl!(f64, "f64");
 
 /// Runs `$body` with the type alias `$t` set to the element type of `$dtype` (f32 or f64).
 macro_rules! float_dispatch {

@@ -96,10 +96,16 @@ fn op_cases() -> Vec<OpCase> {
     cases
 }
 
-/// `max |a − b| / max |b|` over all elements (0 when both are 0).
-fn max_rel(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+/// `a` and `b` on the CPU in f64, checked to have one shape.
+fn on_host_f64(a: &Tensor, b: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
     let (a, b) = (a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?, b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?);
     anyhow::ensure!(a.dims() == b.dims(), "shapes differ: {:?} and {:?}", a.dims(), b.dims());
+    Ok((a, b))
+}
+
+/// `max |a − b| / max |b|` over all elements (0 when both are 0).
+fn max_rel(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+    let (a, b) = on_host_f64(a, b)?;
     let diff = (&a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
     let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
     Ok(if scale == 0.0 { diff } else { diff / scale })
@@ -107,8 +113,7 @@ fn max_rel(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
 
 /// `‖a − b‖ / ‖b‖`, the measure of the PyTorch parity tests.
 fn norm_rel(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
-    let (a, b) = (a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?, b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?);
-    anyhow::ensure!(a.dims() == b.dims(), "shapes differ: {:?} and {:?}", a.dims(), b.dims());
+    let (a, b) = on_host_f64(a, b)?;
     let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
     let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
     Ok(if norm == 0.0 { diff } else { diff / norm })
