@@ -32,6 +32,7 @@ mod error;
 pub mod model;
 pub mod norm;
 pub mod pool;
+mod simd;
 pub mod trunk;
 pub mod variant;
 pub mod weights;

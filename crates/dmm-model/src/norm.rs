@@ -22,6 +22,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var, Wit
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
+use crate::simd::multiversion;
+
 use crate::gemm::written_vec;
 use crate::pool::contiguous;
 #[cfg(feature = "cuda")]
@@ -113,11 +115,7 @@ fn channel_stats<T: WithDType>(xs: &[T], n: usize, c: usize, hw: usize) -> Vec<(
         .map(|ch| {
             let (mut s, mut s2) = (0f64, 0f64);
             for b in 0..n {
-                let plane = &xs[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                let (ps, ps2) = lane_sums(plane.len(), |i| {
-                    let v = plane[i].to_f64();
-                    (v, v * v)
-                });
+                let (ps, ps2) = plane_sums(&xs[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
                 s += ps;
                 s2 += ps2;
             }
@@ -128,29 +126,96 @@ fn channel_stats<T: WithDType>(xs: &[T], n: usize, c: usize, hw: usize) -> Vec<(
         .collect()
 }
 
-/// Accumulator lanes of [`lane_sums`].
+/// Accumulator lanes of the sums: element `i` of a plane goes to lane `i mod LANES`, the tail
+/// after the last full group straight to the total. Independent lanes let the loop run in
+/// vector registers; one running sum would chain every addition to the last.
 const LANES: usize = 8;
 
-/// `(Σ f(i).0, Σ f(i).1)` over `0..len` in f64, in independent lanes: one running sum would
-/// chain every addition to the last and keep the loop scalar.
-#[inline(always)]
-fn lane_sums(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
-    let full = len / LANES * LANES;
-    for base in (0..full).step_by(LANES) {
-        for j in 0..LANES {
-            let (u, v) = f(base + j);
-            a[j] += u;
-            b[j] += v;
+multiversion! {
+    /// `(Σx, Σx²)` of one plane, in f64.
+    fn plane_sums<T: WithDType>(x: &[T]) -> (f64, f64) {
+        let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+        let (groups, tail) = x.as_chunks::<LANES>();
+        // Whole-array steps, one after the other: the vectorizer pairs `a[j]` with `b[j]`
+        // (two-wide) when each lane's work is written together.
+        for g in groups {
+            let v = g.map(|v| v.to_f64());
+            for j in 0..LANES {
+                a[j] += v[j];
+            }
+            for j in 0..LANES {
+                b[j] += v[j] * v[j];
+            }
+        }
+        let (mut s, mut s2) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+        for v in tail {
+            let v = v.to_f64();
+            s += v;
+            s2 += v * v;
+        }
+        (s, s2)
+    }
+}
+
+multiversion! {
+    /// `out = x·scale + shift` of one plane, clamped at 0 with `relu`.
+    fn plane_affine<T: WithDType>(out: &mut [MaybeUninit<T>], x: &[T], scale: T, shift: T, relu: bool) {
+        let zero = T::zero();
+        if relu {
+            for (o, &x) in out.iter_mut().zip(x) {
+                let y = x * scale + shift;
+                o.write(if y < zero { zero } else { y });
+            }
+        } else {
+            for (o, &x) in out.iter_mut().zip(x) {
+                o.write(x * scale + shift);
+            }
         }
     }
-    let (mut sa, mut sb) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-    for i in full..len {
-        let (u, v) = f(i);
-        sa += u;
-        sb += v;
+}
+
+multiversion! {
+    /// `(Σd, Σd·(x − mean))` of one plane in f64, where `d` is `dy`, or 0 where `relu` and the
+    /// forward's output `y` is not positive.
+    fn plane_grad_sums<T: WithDType>(x: &[T], dy: &[T], y: &[T], mean: f64, relu: bool) -> (f64, f64) {
+        let zero = T::zero();
+        let d_of = |dy: T, y: T| (if !relu | !(y <= zero) { dy } else { zero }).to_f64();
+        let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+        let ((xg, xt), (dg, dt), (yg, yt)) = (x.as_chunks::<LANES>(), dy.as_chunks::<LANES>(), y.as_chunks::<LANES>());
+        for ((x, dy), y) in xg.iter().zip(dg).zip(yg) {
+            // Whole-array steps, as in `plane_sums`.
+            let mut d = [0f64; LANES];
+            for j in 0..LANES {
+                d[j] = d_of(dy[j], y[j]);
+            }
+            let centred = x.map(|x| x.to_f64() - mean);
+            for j in 0..LANES {
+                a[j] += d[j];
+            }
+            for j in 0..LANES {
+                b[j] += d[j] * centred[j];
+            }
+        }
+        let (mut s, mut sx) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+        for ((&x, &dy), &y) in xt.iter().zip(dt).zip(yt) {
+            let d = d_of(dy, y);
+            s += d;
+            sx += d * (x.to_f64() - mean);
+        }
+        (s, sx)
     }
-    (sa, sb)
+}
+
+multiversion! {
+    /// `dx = a·d + b·(x − mean) + c0` of one plane, `d` as in [`plane_grad_sums`].
+    fn plane_grad<T: WithDType>(out: &mut [MaybeUninit<T>], x: &[T], dy: &[T], y: &[T], coef: [T; 4], relu: bool) {
+        let [a, b, c0, mean] = coef;
+        let zero = T::zero();
+        for (((o, &x), &dy), &y) in out.iter_mut().zip(x).zip(dy).zip(y) {
+            let d = if !relu | !(y <= zero) { dy } else { zero };
+            o.write(a * d + b * (x - mean) + c0);
+        }
+    }
 }
 
 /// Per-channel batch mean and biased variance, handed from the op to the running-stats update
@@ -178,14 +243,10 @@ fn forward<T: WithDType>(xs: &[T], g: &[T], b: &[T], dims: (usize, usize, usize)
             (scale, b[ch].to_f64() - mean * scale)
         })
         .collect();
-    let zero = T::zero();
     let fill = |out: &mut [MaybeUninit<T>]| {
         out.par_chunks_mut(hw).zip(xs.par_chunks(hw)).enumerate().for_each(|(i, (o, x))| {
-            let (scale, shift) = (T::from_f64(coef[i % c].0), T::from_f64(coef[i % c].1));
-            for (o, &x) in o.iter_mut().zip(x) {
-                let y = x * scale + shift;
-                o.write(if relu && y < zero { zero } else { y });
-            }
+            let (scale, shift) = coef[i % c];
+            plane_affine(o, x, T::from_f64(scale), T::from_f64(shift), relu);
         })
     };
     // SAFETY: the chunks cover the vector and every element of each is written.
@@ -246,23 +307,18 @@ struct BnTrainBackward {
 }
 
 fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n, c, hw): (usize, usize, usize)) -> Vec<T> {
-    let zero = T::zero();
-    // The gradient reaching the normalization: dy, or dy where the ReLU let the output through.
-    let d_at = |i: usize| if op.relu && ys[i] <= zero { zero } else { dy[i] };
     let stats = &op.stats;
     let m = (n * hw) as f64;
-    // Per channel: Σdy and Σdy·(x − mean).
+    let plane = |p: usize| p * hw..(p + 1) * hw;
+    // Per channel: Σd and Σd·(x − mean), d the gradient reaching the normalization: dy, or dy
+    // where the ReLU let the output through.
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mean = stats[ch].0;
             let (mut sdy, mut sdyx) = (0f64, 0f64);
             for b in 0..n {
-                let base = (b * c + ch) * hw;
-                let (s, sx) = lane_sums(hw, |j| {
-                    let d = d_at(base + j).to_f64();
-                    (d, d * (xs[base + j].to_f64() - mean))
-                });
+                let p = plane(b * c + ch);
+                let (s, sx) = plane_grad_sums(&xs[p.clone()], &dy[p.clone()], &ys[p], stats[ch].0, op.relu);
                 sdy += s;
                 sdyx += sx;
             }
@@ -271,20 +327,17 @@ fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n
         .collect();
     let fill = |out: &mut [MaybeUninit<T>]| {
         let (dx, rest) = out.split_at_mut(xs.len());
-        dx.par_chunks_mut(hw).enumerate().for_each(|(plane, o)| {
-            let ch = plane % c;
+        dx.par_chunks_mut(hw).enumerate().for_each(|(p, o)| {
+            let ch = p % c;
             let (mean, var) = stats[ch];
             let inv = 1.0 / (var + EPS).sqrt();
             let (sdy, sdyx) = sums[ch];
             // dx = k·(m·d − Σd − x̂·Σd·x̂) with x̂ = (x − mean)·inv and Σd·x̂ = inv·sdyx, as
             // a·d + b·(x − mean) + c0 in the element type.
             let k = op.gamma[ch] * inv / m;
-            let (a, b, c0) = (T::from_f64(k * m), T::from_f64(-k * inv * inv * sdyx), T::from_f64(-k * sdy));
-            let mean = T::from_f64(mean);
-            let (xs, start) = (&xs[plane * hw..(plane + 1) * hw], plane * hw);
-            for (j, (o, &x)) in o.iter_mut().zip(xs).enumerate() {
-                o.write(a * d_at(start + j) + b * (x - mean) + c0);
-            }
+            let coef = [k * m, -k * inv * inv * sdyx, -k * sdy, mean].map(T::from_f64);
+            let p = plane(p);
+            plane_grad(o, &xs[p.clone()], &dy[p.clone()], &ys[p], coef, op.relu);
         });
         for ch in 0..c {
             let inv = 1.0 / (stats[ch].1 + EPS).sqrt();
