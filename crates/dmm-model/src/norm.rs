@@ -179,7 +179,7 @@ multiversion! {
     /// forward's output `y` is not positive.
     fn plane_grad_sums<T: WithDType>(x: &[T], dy: &[T], y: &[T], mean: f64, relu: bool) -> (f64, f64) {
         let zero = T::zero();
-        let d_of = |dy: T, y: T| (if !relu | !(y <= zero) { dy } else { zero }).to_f64();
+        let d_of = |dy: T, y: T| (if relu & (y <= zero) { zero } else { dy }).to_f64();
         let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
         let ((xg, xt), (dg, dt), (yg, yt)) = (x.as_chunks::<LANES>(), dy.as_chunks::<LANES>(), y.as_chunks::<LANES>());
         for ((x, dy), y) in xg.iter().zip(dg).zip(yg) {
@@ -212,7 +212,7 @@ multiversion! {
         let [a, b, c0, mean] = coef;
         let zero = T::zero();
         for (((o, &x), &dy), &y) in out.iter_mut().zip(x).zip(dy).zip(y) {
-            let d = if !relu | !(y <= zero) { dy } else { zero };
+            let d = if relu & (y <= zero) { zero } else { dy };
             o.write(a * d + b * (x - mean) + c0);
         }
     }
