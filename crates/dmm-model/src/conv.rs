@@ -22,6 +22,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::simd::multiversion;
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul, matmul_uninit, written_vec, Mat};
 #[cfg(feature = "cuda")]
 use {
@@ -63,13 +64,34 @@ struct Epilogue {
 impl Epilogue {
     /// Applies the map to one image's output `[c_out, l]`.
     fn apply<T: WithDType>(&self, y: &mut [T], l: usize) {
-        let zero = T::zero();
         for ((row, &a), &b) in y.chunks_mut(l).zip(&self.scale).zip(&self.shift) {
-            let (a, b) = (T::from_f64(a), T::from_f64(b));
-            for v in row {
+            affine_in_place(row, T::from_f64(a), T::from_f64(b), self.relu);
+        }
+    }
+}
+
+multiversion! {
+    /// `y ← y·a + b`, clamped at 0 with `relu`.
+    fn affine_in_place<T: WithDType>(y: &mut [T], a: T, b: T, relu: bool) {
+        let zero = T::zero();
+        if relu {
+            for v in y {
                 let t = *v * a + b;
-                *v = if self.relu && t < zero { zero } else { t };
+                *v = if t < zero { zero } else { t };
             }
+        } else {
+            for v in y {
+                *v = *v * a + b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst += src`, element by element.
+    fn add_into<T: WithDType>(dst: &mut [T], src: &[T]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d += v;
         }
     }
 }
@@ -208,8 +230,12 @@ impl Geometry {
         for (y, src) in row.chunks(ow).enumerate() {
             let Some(sy) = self.src_row(y, i) else { continue };
             let dst = &mut plane[sy * self.w..(sy + 1) * self.w];
-            for (x, &g) in src.iter().enumerate().take(x1).skip(x0) {
-                dst[x * s + j - self.padding] += g;
+            if s == 1 {
+                add_into(&mut dst[x0 + j - self.padding..x1 + j - self.padding], &src[x0..x1]);
+            } else {
+                for (x, &g) in src.iter().enumerate().take(x1).skip(x0) {
+                    dst[x * s + j - self.padding] += g;
+                }
             }
         }
     }

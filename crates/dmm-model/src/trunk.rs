@@ -15,6 +15,8 @@ use candle_core::CudaStorage;
 use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use crate::simd::multiversion;
+
 use crate::gemm::{binary_kernel, written_vec};
 use crate::norm::BatchNorm2d as BatchNorm;
 use crate::pool::max_pool2d;
@@ -77,31 +79,34 @@ struct AddRelu;
 /// `dy` where `y > 0`, else 0.
 struct ReluGrad;
 
-fn zip_map<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let fill = |out: &mut [MaybeUninit<T>]| {
-        out.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(o, (a, b))| {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                o.write(f(a, b));
+multiversion! {
+    /// `relu(a + b)`, or with `relu_grad` `b` where `a > 0`, else 0, element by element.
+    fn add_relu_chunk<T: WithDType>(out: &mut [MaybeUninit<T>], a: &[T], b: &[T], relu_grad: bool) {
+        let zero = T::zero();
+        if relu_grad {
+            for ((o, &y), &d) in out.iter_mut().zip(a).zip(b) {
+                o.write(if y > zero { d } else { zero });
             }
-        })
+        } else {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                let s = a + b;
+                o.write(if s > zero { s } else { zero });
+            }
+        }
+    }
+}
+
+/// [`add_relu_chunk`] over whole operands, in parallel chunks.
+fn add_relu_cpu<T: WithDType>(a: &[T], b: &[T], relu_grad: bool) -> Vec<T> {
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        out.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(o, (a, b))| add_relu_chunk(o, a, b, relu_grad))
     };
     // SAFETY: the chunks cover the vector (a and b have its length) and each is written in full.
     unsafe { written_vec(a.len(), fill) }
 }
 
 fn elementwise(name: &str, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, relu_grad: bool) -> Result<(CpuStorage, Shape)> {
-    fn run<T: WithDType>(a: &[T], b: &[T], relu_grad: bool) -> Vec<T> {
-        let zero = T::zero();
-        if relu_grad {
-            zip_map(a, b, |y, d| if y > zero { d } else { zero })
-        } else {
-            zip_map(a, b, |a, b| {
-                let s = a + b;
-                if s > zero { s } else { zero }
-            })
-        }
-    }
-    let out = binary_kernel!(name, s1, l1, s2, l2, |a, b| run(a, b, relu_grad));
+    let out = binary_kernel!(name, s1, l1, s2, l2, |a, b| add_relu_cpu(a, b, relu_grad));
     Ok((out, l1.shape().clone()))
 }
 
@@ -328,11 +333,13 @@ mod emulated_tests {
         let kernel = unsafe { kernels().get::<AddRelu>("add_relu_f64") };
         let (a, b) = (data(50, 1), data(50, 2));
         for relu_grad in [false, true] {
-            let want = super::zip_map(&a, &b, |u, v| match relu_grad {
+            let formula: Vec<f64> = a.iter().zip(&b).map(|(&u, &v)| match relu_grad {
                 true if u > 0.0 => v,
                 true => 0.0,
                 false => (u + v).max(0.0),
-            });
+            }).collect();
+            let want = super::add_relu_cpu(&a, &b, relu_grad);
+            assert_eq!(max_diff(&want, &formula), 0.0, "CPU, relu_grad {relu_grad}");
             let mut got = vec![f64::NAN; a.len()];
             // SAFETY: three buffers of a.len() elements.
             unsafe { kernel(a.as_ptr(), b.as_ptr(), got.as_mut_ptr(), a.len(), i32::from(relu_grad)) };
