@@ -110,8 +110,10 @@ struct Geometry {
     padding: usize,
     oh: usize,
     ow: usize,
-    /// Images per product ([`Self::group_size`]).
+    /// Images per product in the gradients ([`Self::group_size`]).
     group: usize,
+    /// Images per product in the forward.
+    forward_group: usize,
 }
 
 impl Geometry {
@@ -122,8 +124,9 @@ impl Geometry {
             candle_core::bail!("conv2d: input {:?}, weight {:?}, stride {stride}, padding {padding} do not fit", xs.dims(), weight.dims())
         }
         let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
-        let g = Self { n, c_in, h, w, c_out, kh, kw, stride, padding, oh, ow, group: 1 };
-        Ok(Self { group: g.group_size(rayon::current_num_threads()), ..g })
+        let g = Self { n, c_in, h, w, c_out, kh, kw, stride, padding, oh, ow, group: 1, forward_group: 1 };
+        let threads = rayon::current_num_threads();
+        Ok(Self { group: g.group_size(threads, GROUP_COLUMNS), forward_group: g.group_size(threads, FORWARD_GROUP_COLUMNS), ..g })
     }
 
     /// Rows of the unfolded columns, `c_in·kh·kw`.
@@ -241,29 +244,28 @@ impl Geometry {
     }
 
     /// How many images share one product, their columns side by side (`[k, g·l]`), with
-    /// `threads` workers. One image's product is `c_out × l` by `k`; where `l` is small (at
+    /// `threads` workers, aiming for `columns` columns. One image's product is `c_out × l` by `k`; where `l` is small (at
     /// 112×112 input, layer 4's 4×4 maps make `l = 16`) it is too thin for the gemm kernels, and
     /// the weight gradient would add `n` rank-`l` updates into a buffer of millions of weights.
     /// Images are grouped one thread's share at a time, so every thread keeps its own product,
     /// or, when even that is too thin, the whole batch goes into one product that uses every
     /// thread.
-    fn group_size(&self, threads: usize) -> usize {
+    fn group_size(&self, threads: usize, columns: usize) -> usize {
         let per_thread = self.n.div_ceil(threads.max(1));
-        match GROUP_COLUMNS.div_ceil(self.l()) {
+        match columns.div_ceil(self.l()) {
             0 | 1 => 1,
             g if g <= per_thread => per_thread,
             _ => self.n,
         }
     }
 
-    /// Runs `f(images, out_images, scratch, parallelism)` for every group of images, `out` cut in
-    /// `chunk`s per image: one group per thread when the groups fill the threads, else one at a
-    /// time with a parallel gemm.
-    fn per_group<U: Send, T: Send, F>(&self, out: &mut [U], chunk: usize, f: F)
+    /// Runs `f(images, out_images, scratch, parallelism)` for every group of `g` images, `out`
+    /// cut in `chunk`s per image: one group per thread when the groups fill the threads, else one
+    /// at a time with a parallel gemm.
+    fn per_group<U: Send, T: Send, F>(&self, out: &mut [U], chunk: usize, g: usize, f: F)
     where
         F: Fn(Range<usize>, &mut [U], &mut Scratch<T>, Parallelism) + Sync,
     {
-        let g = self.group;
         let images = |i: usize, o: &[U]| i * g..i * g + o.len() / chunk;
         let threads = rayon::current_num_threads();
         if threads > 1 && self.n.div_ceil(g) >= threads {
@@ -311,7 +313,7 @@ impl Geometry {
     fn forward<T: WithDType>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
         let (k, l) = (self.k(), self.l());
         let fill = |out: &mut [MaybeUninit<T>]| {
-            self.per_group(out, self.output(), |images, y, s: &mut Scratch<T>, par| {
+            self.per_group(out, self.output(), self.forward_group, |images, y, s: &mut Scratch<T>, par| {
                 let gl = images.len() * l;
                 let cols = self.cols(x, images, &mut s.cols);
                 if gl == l {
@@ -346,7 +348,7 @@ impl Geometry {
         let (k, l) = (self.k(), self.l());
         if self.pointwise() && self.group == 1 {
             let fill = |out: &mut [MaybeUninit<T>]| {
-                self.per_group(out, self.image(), |images, gx, _: &mut Scratch<T>, par| {
+                self.per_group(out, self.image(), 1, |images, gx, _: &mut Scratch<T>, par| {
                     let dy = Mat::rows(&dy[images.start * self.output()..images.end * self.output()], self.c_out, l);
                     matmul_uninit(gx, Mat::rows(wt, self.c_out, k).t(), dy, par);
                 })
@@ -355,7 +357,7 @@ impl Geometry {
             return unsafe { written_vec(self.n * self.image(), fill) };
         }
         let mut out = vec![T::zero(); self.n * self.image()];
-        self.per_group(&mut out, self.image(), |images, gx, s, par| {
+        self.per_group(&mut out, self.image(), self.group, |images, gx, s, par| {
             let gl = images.len() * l;
             let dy = self.dy_side_by_side(dy, images, &mut s.side);
             s.cols.resize(k * gl, T::zero());
@@ -405,10 +407,16 @@ impl Geometry {
     }
 }
 
-/// Columns per product the image groups aim for (see [`Geometry::group_size`]): below this,
-/// images share products. Measured on the training step at 112×112 (2 threads): 1 (no groups)
-/// 1.48 s, 64 and 128 1.25–1.31 s, 256 (groups at 14×14 too) 1.55 s.
+/// Columns per product the image groups of the gradients aim for (see
+/// [`Geometry::group_size`]): below this, images share products. Measured on the training step
+/// at 112×112 (2 threads, interleaved runs): 1 (no groups) 1.48 s, 64 and 128 1.25–1.31 s, 256
+/// (groups at 14×14 too) 1.55 s.
 const GROUP_COLUMNS: usize = 128;
+
+/// The same for the forward, which gains less: at 224×224, grouping layer 4's 7×7 maps made the
+/// eval forward 0.67 s against 0.63 s without (interleaved runs), so only maps under 32
+/// positions (4×4 at 112×112) are grouped.
+const FORWARD_GROUP_COLUMNS: usize = 32;
 
 /// One thread's reusable buffers: unfolded columns, and a product or `∂Y` side by side.
 struct Scratch<T> {
@@ -674,7 +682,7 @@ mod tests {
             let (xv, wv, uv): (Vec<f64>, Vec<f64>, Vec<f64>) = (x.flatten_all()?.to_vec1()?, wt.flatten_all()?.to_vec1()?, up.flatten_all()?.to_vec1()?);
             let g0 = Geometry::new(&x, &wt, s, p)?;
             for group in [1, 2, 3, n] {
-                let g = Geometry { group, ..g0 };
+                let g = Geometry { group, forward_group: group, ..g0 };
                 let t = |v: Vec<f64>, like: &Tensor| Tensor::from_vec(v, like.dims(), &dev);
                 assert!(max_diff(&t(g.forward(&xv, &wv, None), &plain)?, &plain) < 1e-12, "forward k{k} s{s} group {group}");
                 assert!(max_diff(&t(g.forward(&xv, &wv, Some(&e)), &plain)?, &t(mapped.clone(), &plain)?) < 1e-12, "epilogue k{k} s{s} group {group}");
@@ -753,7 +761,7 @@ mod emulated_tests {
 
     fn geometry(n: usize, c_in: usize, (h, w): (usize, usize), kernel: usize, stride: usize, padding: usize) -> Geometry {
         let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
-        Geometry { n, c_in, h, w, c_out: 4, kh: kernel, kw: kernel, stride, padding, oh, ow, group: 1 }
+        Geometry { n, c_in, h, w, c_out: 4, kh: kernel, kw: kernel, stride, padding, oh, ow, group: 1, forward_group: 1 }
     }
 
     fn ints(g: &Geometry) -> [i32; 9] {
