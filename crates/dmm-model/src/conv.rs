@@ -244,9 +244,10 @@ impl Geometry {
     }
 
     /// How many images share one product, their columns side by side (`[k, g·l]`), with
-    /// `threads` workers, aiming for `columns` columns. One image's product is `c_out × l` by `k`; where `l` is small (at
-    /// 112×112 input, layer 4's 4×4 maps make `l = 16`) it is too thin for the gemm kernels, and
-    /// the weight gradient would add `n` rank-`l` updates into a buffer of millions of weights.
+    /// `threads` workers, aiming for `columns` columns. One image's product is `c_out × l` by
+    /// `k`; where `l` is small (at 112×112 input, layer 4's 4×4 maps make `l = 16`) it is too
+    /// thin for the gemm kernels, and the weight gradient would add `n` rank-`l` updates into a
+    /// buffer of millions of weights.
     /// Images are grouped one thread's share at a time, so every thread keeps its own product,
     /// or, when even that is too thin, the whole batch goes into one product that uses every
     /// thread.
