@@ -4,7 +4,8 @@
 //! - the trainable ResNet-50 trunk ([`trunk`]);
 //! - its CPU kernels on the `gemm` crate: convolutions as matrix products ([`conv`]), fused batch
 //!   normalization + ReLU ([`norm`]), and fully connected layers whose gradients land in place
-//!   ([`linear`]);
+//!   ([`linear`]), with their elementwise loops compiled again for AVX2 and picked at run time
+//!   (`simd`);
 //! - the same kernels on CUDA (feature `cuda`): `kernels/dmm.cu` and cuBLAS, behind each op's
 //!   `cuda_fwd`, and the device names of the command line ([`device`]);
 //! - max and adaptive max pooling with a correct backward, and spatial pyramid pooling ([`pool`]);
