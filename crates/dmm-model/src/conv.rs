@@ -379,9 +379,14 @@ impl Geometry {
             let gl = images.len() * self.l();
             let cols = self.cols(x, images.clone(), &mut s.cols);
             let dy = self.dy_side_by_side(dy, images, &mut s.side);
-            let first = gw.is_empty();
-            gw.resize(size, T::zero());
-            matmul(gw, Mat::rows(dy, self.c_out, gl), Mat::rows(cols, k, gl).t(), !first, par);
+            let (dy, cols) = (Mat::rows(dy, self.c_out, gl), Mat::rows(cols, k, gl).t());
+            if gw.is_empty() {
+                // The first product writes every element: no zero fill of millions of weights.
+                // SAFETY: matmul_uninit writes all `size` elements it is given.
+                *gw = unsafe { written_vec(size, |out| _ = matmul_uninit(out, dy, cols, par)) };
+            } else {
+                matmul(gw, dy, cols, true, par);
+            }
         };
         let groups = self.n.div_ceil(g);
         let images = |i: usize| i * g..((i + 1) * g).min(self.n);
@@ -397,7 +402,11 @@ impl Geometry {
                 .reduce(Vec::new, |a, b| match (a.is_empty(), b.is_empty()) {
                     (true, _) => b,
                     (_, true) => a,
-                    _ => a.iter().zip(&b).map(|(&u, &v)| u + v).collect(),
+                    _ => {
+                        let mut a = a;
+                        add_into(&mut a, &b);
+                        a
+                    }
                 })
         } else {
             let (par, mut gw, mut s) = (all_threads(), Vec::new(), Scratch::new());
