@@ -96,6 +96,24 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// `dst[i] = src[i·s]`.
+    fn gather_strided<T: WithDType>(dst: &mut [T], src: &[T], s: usize) {
+        for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+            *d = v;
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i·s] += src[i]`.
+    fn scatter_add_strided<T: WithDType>(dst: &mut [T], src: &[T], s: usize) {
+        for (d, &v) in dst.iter_mut().step_by(s).zip(src) {
+            *d += v;
+        }
+    }
+}
+
 /// Every size of one convolution.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -207,10 +225,8 @@ impl Geometry {
             let src = &plane[sy * self.w..(sy + 1) * self.w];
             if s == 1 {
                 dst[x0..x1].copy_from_slice(&src[x0 + j - self.padding..x1 + j - self.padding]);
-            } else {
-                for (x, d) in dst.iter_mut().enumerate().take(x1).skip(x0) {
-                    *d = src[x * s + j - self.padding];
-                }
+            } else if x0 < x1 {
+                gather_strided(&mut dst[x0..x1], &src[x0 * s + j - self.padding..], s);
             }
         }
     }
@@ -235,10 +251,8 @@ impl Geometry {
             let dst = &mut plane[sy * self.w..(sy + 1) * self.w];
             if s == 1 {
                 add_into(&mut dst[x0 + j - self.padding..x1 + j - self.padding], &src[x0..x1]);
-            } else {
-                for (x, &g) in src.iter().enumerate().take(x1).skip(x0) {
-                    dst[x * s + j - self.padding] += g;
-                }
+            } else if x0 < x1 {
+                scatter_add_strided(&mut dst[x0 * s + j - self.padding..], &src[x0..x1], s);
             }
         }
     }
