@@ -22,8 +22,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::simd::multiversion;
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul, matmul_uninit, written_vec, Mat};
+use crate::simd::multiversion;
 #[cfg(feature = "cuda")]
 use {
     crate::cuda::{self, float_dispatch},
@@ -307,21 +307,10 @@ impl Geometry {
         buf
     }
 
-    /// `∂Y` of `images` side by side, `[c_out, g·l]`: the slice itself for one image, else
-    /// regrouped into `buf`.
-    fn dy_side_by_side<'a, T: WithDType>(&self, dy: &'a [T], images: Range<usize>, buf: &'a mut Vec<T>) -> &'a [T] {
-        let (l, out) = (self.l(), self.output());
-        if images.len() == 1 {
-            return &dy[images.start * out..images.end * out];
-        }
-        let gl = images.len() * l;
-        buf.resize(self.c_out * gl, T::zero());
-        for (c, row) in buf.chunks_mut(gl).enumerate() {
-            for (b, dst) in images.clone().zip(row.chunks_mut(l)) {
-                dst.copy_from_slice(&dy[b * out + c * l..b * out + (c + 1) * l]);
-            }
-        }
-        buf
+    /// The output read as an input to a 1×1 convolution (`c_out` channels of `oh × ow`): its
+    /// columns are `∂Y` side by side, `[c_out, g·l]`, to match [`Self::cols`] in the gradients.
+    fn output_as_image(&self) -> Geometry {
+        Geometry { c_in: self.c_out, h: self.oh, w: self.ow, kh: 1, kw: 1, stride: 1, padding: 0, ..*self }
     }
 
     /// Forward: `Y_b = W · cols(x_b)`, written into the NCHW output, then the epilogue if any.
@@ -329,9 +318,9 @@ impl Geometry {
         let (k, l) = (self.k(), self.l());
         let fill = |out: &mut [MaybeUninit<T>]| {
             self.per_group(out, self.output(), self.forward_group, |images, y, s: &mut Scratch<T>, par| {
-                let gl = images.len() * l;
+                let (alone, gl) = (images.len() == 1, images.len() * l);
                 let cols = self.cols(x, images, &mut s.cols);
-                if gl == l {
+                if alone {
                     let y = matmul_uninit(y, Mat::rows(wt, self.c_out, k), Mat::rows(cols, k, l), par);
                     if let Some(e) = epilogue {
                         e.apply(y, l);
@@ -374,7 +363,7 @@ impl Geometry {
         let mut out = vec![T::zero(); self.n * self.image()];
         self.per_group(&mut out, self.image(), self.group, |images, gx, s, par| {
             let gl = images.len() * l;
-            let dy = self.dy_side_by_side(dy, images, &mut s.side);
+            let dy = self.output_as_image().cols(dy, images, &mut s.side);
             s.cols.resize(k * gl, T::zero());
             matmul(&mut s.cols, Mat::rows(wt, self.c_out, k).t(), Mat::rows(dy, self.c_out, gl), false, par);
             for (i, gx) in gx.chunks_mut(self.image()).enumerate() {
@@ -392,7 +381,7 @@ impl Geometry {
         let add = |gw: &mut Vec<T>, images: Range<usize>, s: &mut Scratch<T>, par| {
             let gl = images.len() * self.l();
             let cols = self.cols(x, images.clone(), &mut s.cols);
-            let dy = self.dy_side_by_side(dy, images, &mut s.side);
+            let dy = self.output_as_image().cols(dy, images, &mut s.side);
             let (dy, cols) = (Mat::rows(dy, self.c_out, gl), Mat::rows(cols, k, gl).t());
             if gw.is_empty() {
                 // The first product writes every element: no zero fill of millions of weights.
@@ -533,8 +522,7 @@ impl Geometry {
         let (k, l, nl) = (self.k(), self.l(), self.n * self.l());
         // Columns [k, n·l], and ∂Y as [c_out, n·l]: the same unfold with a 1×1 kernel.
         let cols = self.cuda_unfold(dev, &x, l, nl)?;
-        let as_image = Geometry { c_in: self.c_out, h: self.oh, w: self.ow, kh: 1, kw: 1, stride: 1, padding: 0, ..*self };
-        let dy = as_image.cuda_unfold(dev, &dy, l, nl)?;
+        let dy = self.output_as_image().cuda_unfold(dev, &dy, l, nl)?;
         let (cols, dy) = (cols.slice(..), dy.slice(..));
         let mut gw = cuda::uninit::<T>(dev, self.c_out * k)?;
         let (a, b) = (cuda::Operand { data: &dy, transposed: false, stride: 0 }, cuda::Operand { data: &cols, transposed: true, stride: 0 });

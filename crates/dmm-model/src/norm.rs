@@ -22,10 +22,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, Var, Wit
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
-use crate::simd::multiversion;
-
 use crate::gemm::written_vec;
 use crate::pool::contiguous;
+use crate::simd::multiversion;
 #[cfg(feature = "cuda")]
 use {
     crate::cuda::{self, float_dispatch},

@@ -15,11 +15,10 @@ use candle_core::CudaStorage;
 use candle_nn::{conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::simd::multiversion;
-
 use crate::gemm::{binary_kernel, written_vec};
 use crate::norm::BatchNorm2d as BatchNorm;
 use crate::pool::max_pool2d;
+use crate::simd::multiversion;
 
 /// Blocks per stage of ResNet-50.
 pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
