@@ -9,6 +9,10 @@
 //! (`Geometry::group_size`); a batch at least as large as the thread count runs one image (or
 //! group) per thread, smaller ones let the product use the threads.
 //!
+//! The 3×3, stride-1 convolutions on maps of at least a dozen 4×4 tiles run their forward and
+//! input gradient through Winograd F(4×4, 3×3) instead ([`winograd`]: four times fewer
+//! multiply-adds); their weight gradient stays on the columns.
+//!
 //! candle's own conv2d backward runs the input gradient through a direct `conv_transpose2d` loop
 //! several times slower than the forward, and gets `output_padding` wrong for strided convs whose
 //! axes leave different remainders. Numbers equal candle's conv2d (tested against it and a loop
@@ -24,6 +28,8 @@ use rayon::prelude::*;
 
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul, matmul_uninit, written_vec, Mat};
 use crate::simd::multiversion;
+
+mod winograd;
 #[cfg(feature = "cuda")]
 use {
     crate::cuda::{self, float_dispatch},
@@ -54,6 +60,25 @@ pub fn conv2d_affine(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize
     xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g, epilogue: Some(Epilogue { scale, shift, relu }) })
 }
 
+/// Eval mode's last convolution of a bottleneck block with the block's end fused in:
+/// `relu(scale·conv(x, w) + shift + residual)` per output channel, applied to each image's
+/// product while it is still in cache, instead of a batch-norm pass and an add + ReLU pass over
+/// the whole output. CPU only, no backward (the trunk uses it in eval mode on the CPU).
+///
+/// # Shapes
+/// `residual` has the output's shape.
+pub fn conv2d_affine_add_relu(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize, scale: Vec<f64>, shift: Vec<f64>, residual: &Tensor) -> candle_core::Result<Tensor> {
+    let g = Geometry::new(xs, weight, stride, padding)?;
+    if scale.len() != g.c_out || shift.len() != g.c_out {
+        candle_core::bail!("conv2d_affine_add_relu: {} scales and {} shifts for {} channels", scale.len(), shift.len(), g.c_out)
+    }
+    if residual.dims() != g.output_dims() {
+        candle_core::bail!("conv2d_affine_add_relu: residual {:?} is not the output's {:?}", residual.dims(), g.output_dims())
+    }
+    let op = Conv2dResidual { g, epilogue: Epilogue { scale, shift, relu: true } };
+    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &residual.contiguous()?, &op)
+}
+
 /// The per-channel map [`conv2d_affine`] applies to the product.
 struct Epilogue {
     scale: Vec<f64>,
@@ -66,6 +91,24 @@ impl Epilogue {
     fn apply<T: WithDType>(&self, y: &mut [T], l: usize) {
         for ((row, &a), &b) in y.chunks_mut(l).zip(&self.scale).zip(&self.shift) {
             affine_in_place(row, T::from_f64(a), T::from_f64(b), self.relu);
+        }
+    }
+
+    /// The same with `residual` (the image's `[c_out, l]`) added before the ReLU.
+    fn apply_residual<T: WithDType>(&self, y: &mut [T], l: usize, residual: &[T]) {
+        for (((row, r), &a), &b) in y.chunks_mut(l).zip(residual.chunks(l)).zip(&self.scale).zip(&self.shift) {
+            affine_add_in_place(row, r, T::from_f64(a), T::from_f64(b), self.relu);
+        }
+    }
+}
+
+multiversion! {
+    /// `y ← y·a + b + r`, clamped at 0 with `relu`.
+    fn affine_add_in_place<T: WithDType>(y: &mut [T], r: &[T], a: T, b: T, relu: bool) {
+        let zero = T::zero();
+        for (v, &r) in y.iter_mut().zip(r) {
+            let t = *v * a + b + r;
+            *v = if relu && t < zero { zero } else { t };
         }
     }
 }
@@ -132,6 +175,9 @@ struct Geometry {
     group: usize,
     /// Images per product in the forward.
     forward_group: usize,
+    /// Forward and input gradient through Winograd F(4×4, 3×3) ([`winograd`]): set for every
+    /// 3×3, stride-1, padding-1 convolution.
+    winograd: bool,
 }
 
 impl Geometry {
@@ -142,9 +188,14 @@ impl Geometry {
             candle_core::bail!("conv2d: input {:?}, weight {:?}, stride {stride}, padding {padding} do not fit", xs.dims(), weight.dims())
         }
         let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
-        let g = Self { n, c_in, h, w, c_out, kh, kw, stride, padding, oh, ow, group: 1, forward_group: 1 };
+        let g = Self { n, c_in, h, w, c_out, kh, kw, stride, padding, oh, ow, group: 1, forward_group: 1, winograd: false };
         let threads = rayon::current_num_threads();
-        Ok(Self { group: g.group_size(threads, GROUP_COLUMNS), forward_group: g.group_size(threads, FORWARD_GROUP_COLUMNS), ..g })
+        Ok(Self {
+            group: g.group_size(threads, GROUP_COLUMNS),
+            forward_group: g.group_size(threads, FORWARD_GROUP_COLUMNS),
+            winograd: winograd::applies(&g),
+            ..g
+        })
     }
 
     /// Rows of the unfolded columns, `c_in·kh·kw`.
@@ -277,16 +328,16 @@ impl Geometry {
     /// Runs `f(images, out_images, scratch, parallelism)` for every group of `g` images, `out`
     /// cut in `chunk`s per image: one group per thread when the groups fill the threads, else one
     /// at a time with a parallel gemm.
-    fn per_group<U: Send, T: Send, F>(&self, out: &mut [U], chunk: usize, g: usize, f: F)
+    fn per_group<U: Send, S: Default, F>(&self, out: &mut [U], chunk: usize, g: usize, f: F)
     where
-        F: Fn(Range<usize>, &mut [U], &mut Scratch<T>, Parallelism) + Sync,
+        F: Fn(Range<usize>, &mut [U], &mut S, Parallelism) + Sync,
     {
         let images = |i: usize, o: &[U]| i * g..i * g + o.len() / chunk;
         let threads = rayon::current_num_threads();
         if threads > 1 && self.n.div_ceil(g) >= threads {
-            out.par_chunks_mut(g * chunk).enumerate().for_each_init(Scratch::new, |s, (i, o)| f(images(i, o), o, s, Parallelism::None));
+            out.par_chunks_mut(g * chunk).enumerate().for_each_init(S::default, |s, (i, o)| f(images(i, o), o, s, Parallelism::None));
         } else {
-            let (par, mut s) = (all_threads(), Scratch::new());
+            let (par, mut s) = (all_threads(), S::default());
             out.chunks_mut(g * chunk).enumerate().for_each(|(i, o)| f(images(i, o), o, &mut s, par));
         }
     }
@@ -315,30 +366,42 @@ impl Geometry {
 
     /// Forward: `Y_b = W · cols(x_b)`, written into the NCHW output, then the epilogue if any.
     fn forward<T: WithDType>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
-        let (k, l) = (self.k(), self.l());
+        self.forward_residual(x, wt, epilogue, None)
+    }
+
+    /// [`Self::forward`], with `residual` `[n, c_out, oh, ow]` added by the epilogue before its
+    /// ReLU.
+    fn forward_residual<T: WithDType>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>, residual: Option<&[T]>) -> Vec<T> {
+        if self.winograd && residual.is_none() {
+            return winograd::forward(self, x, wt, epilogue);
+        }
+        let (k, l, size) = (self.k(), self.l(), self.output());
+        let finish = |y: &mut [T], b: usize, l: usize| match (epilogue, residual) {
+            (Some(e), Some(r)) => e.apply_residual(y, l, &r[b * size..(b + 1) * size]),
+            (Some(e), None) => e.apply(y, l),
+            (None, _) => {}
+        };
         let fill = |out: &mut [MaybeUninit<T>]| {
             self.per_group(out, self.output(), self.forward_group, |images, y, s: &mut Scratch<T>, par| {
                 let (alone, gl) = (images.len() == 1, images.len() * l);
+                let first = images.start;
                 let cols = self.cols(x, images, &mut s.cols);
                 if alone {
                     let y = matmul_uninit(y, Mat::rows(wt, self.c_out, k), Mat::rows(cols, k, l), par);
-                    if let Some(e) = epilogue {
-                        e.apply(y, l);
-                    }
+                    finish(y, first, l);
                     return;
                 }
-                // Side by side `[c_out, g·l]`, then back to NCHW.
+                // Side by side `[c_out, g·l]`, then back to NCHW, then the epilogue image by image.
                 s.side.resize(self.c_out * gl, T::zero());
                 matmul(&mut s.side, Mat::rows(wt, self.c_out, k), Mat::rows(cols, k, gl), false, par);
-                if let Some(e) = epilogue {
-                    e.apply(&mut s.side, gl);
-                }
                 for (i, image) in y.chunks_mut(self.output()).enumerate() {
                     for (c, dst) in image.chunks_mut(l).enumerate() {
                         for (d, &v) in dst.iter_mut().zip(&s.side[c * gl + i * l..c * gl + (i + 1) * l]) {
                             d.write(v);
                         }
                     }
+                    // SAFETY: every element of the image was written just above.
+                    finish(unsafe { &mut *(image as *mut [MaybeUninit<T>] as *mut [T]) }, first + i, l);
                 }
             })
         };
@@ -349,6 +412,9 @@ impl Geometry {
 
     /// Input gradient: `∂x_b = fold(Wᵀ · ∂Y_b)`.
     fn input_grad<T: WithDType>(&self, dy: &[T], wt: &[T]) -> Vec<T> {
+        if self.winograd {
+            return winograd::input_grad(self, dy, wt);
+        }
         let (k, l) = (self.k(), self.l());
         if self.pointwise() && self.group == 1 {
             let fill = |out: &mut [MaybeUninit<T>]| {
@@ -361,7 +427,7 @@ impl Geometry {
             return unsafe { written_vec(self.n * self.image(), fill) };
         }
         let mut out = vec![T::zero(); self.n * self.image()];
-        self.per_group(&mut out, self.image(), self.group, |images, gx, s, par| {
+        self.per_group(&mut out, self.image(), self.group, |images, gx, s: &mut Scratch<T>, par| {
             let gl = images.len() * l;
             let dy = self.output_as_image().cols(dy, images, &mut s.side);
             s.cols.resize(k * gl, T::zero());
@@ -397,7 +463,7 @@ impl Geometry {
         let gw = if threads > 1 && groups >= threads {
             (0..groups)
                 .into_par_iter()
-                .fold(|| (Vec::new(), Scratch::new()), |(mut gw, mut s), i| {
+                .fold(|| (Vec::new(), Scratch::default()), |(mut gw, mut s), i| {
                     add(&mut gw, images(i), &mut s, Parallelism::None);
                     (gw, s)
                 })
@@ -412,7 +478,7 @@ impl Geometry {
                     }
                 })
         } else {
-            let (par, mut gw, mut s) = (all_threads(), Vec::new(), Scratch::new());
+            let (par, mut gw, mut s) = (all_threads(), Vec::new(), Scratch::default());
             (0..groups).for_each(|i| add(&mut gw, images(i), &mut s, par));
             gw
         };
@@ -437,8 +503,8 @@ struct Scratch<T> {
     side: Vec<T>,
 }
 
-impl<T> Scratch<T> {
-    fn new() -> Self {
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
         Self { cols: Vec::new(), side: Vec::new() }
     }
 }
@@ -535,6 +601,37 @@ impl Geometry {
 struct Conv2d {
     g: Geometry,
     epilogue: Option<Epilogue>,
+}
+
+/// `(x, weight, residual) → y` of [`conv2d_affine_add_relu`].
+struct Conv2dResidual {
+    g: Geometry,
+    epilogue: Epilogue,
+}
+
+impl candle_core::CustomOp3 for Conv2dResidual {
+    fn name(&self) -> &'static str {
+        "conv2d-affine-add-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::pool::contiguous;
+        let (g, name) = (&self.g, self.name());
+        expect_dims(l1, &g.input_dims(), name)?;
+        expect_dims(l2, &g.weight_dims(), name)?;
+        expect_dims(l3, &g.output_dims(), name)?;
+        let e = Some(&self.epilogue);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(r)) => {
+                CpuStorage::F32(g.forward_residual(contiguous(x, l1, name)?, contiguous(w, l2, name)?, e, Some(contiguous(r, l3, name)?)))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(r)) => {
+                CpuStorage::F64(g.forward_residual(contiguous(x, l1, name)?, contiguous(w, l2, name)?, e, Some(contiguous(r, l3, name)?)))
+            }
+            _ => candle_core::bail!("{name}: operands must all be f32 or all f64"),
+        };
+        Ok((out, Shape::from(g.output_dims().to_vec())))
+    }
 }
 
 /// `∂Y, W → ∂x`, no graph of its own.
@@ -725,6 +822,35 @@ mod tests {
         Ok(())
     }
 
+    /// The block end fused into the product equals the convolution, the per-channel map, the
+    /// residual and the ReLU one after another: image by image and in groups, pointwise and 3×3
+    /// (which then leaves the Winograd path), through the op and in f64.
+    #[test]
+    fn residual_epilogue_equals_conv_map_add_relu() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for &(n, c_in, c_out, k, s, p, h, w) in &[(5, 6, 4, 1, 1, 0, 4, 5), (3, 4, 5, 1, 1, 0, 9, 8), (5, 3, 4, 3, 1, 1, 17, 16), (3, 4, 3, 1, 2, 0, 9, 7)] {
+            let x = Tensor::randn(0f64, 1., (n, c_in, h, w), &dev)?;
+            let wt = Tensor::randn(0f64, 1., (c_out, c_in, k, k), &dev)?;
+            let plain = x.conv2d(&wt, p, s, 1, 1)?;
+            let residual = Tensor::randn(0f64, 1., plain.dims(), &dev)?;
+            let (scale, shift): (Vec<f64>, Vec<f64>) = ((0..c_out).map(|c| 0.5 - 0.3 * c as f64).collect(), (0..c_out).map(|c| 0.2 * c as f64 - 0.1).collect());
+            let a = Tensor::new(scale.as_slice(), &dev)?.reshape((1, c_out, 1, 1))?;
+            let b = Tensor::new(shift.as_slice(), &dev)?.reshape((1, c_out, 1, 1))?;
+            let want = (plain.broadcast_mul(&a)?.broadcast_add(&b)? + &residual)?.relu()?;
+            let got = conv2d_affine_add_relu(&x, &wt, s, p, scale.clone(), shift.clone(), &residual)?;
+            assert!(max_diff(&got, &want) < 1e-12, "op, k{k} s{s}");
+            let (xv, wv, rv): (Vec<f64>, Vec<f64>, Vec<f64>) = (x.flatten_all()?.to_vec1()?, wt.flatten_all()?.to_vec1()?, residual.flatten_all()?.to_vec1()?);
+            let e = Epilogue { scale, shift, relu: true };
+            let g0 = Geometry::new(&x, &wt, s, p)?;
+            for group in [1, 2, n] {
+                let g = Geometry { forward_group: group, ..g0 };
+                let got = Tensor::from_vec(g.forward_residual(&xv, &wv, Some(&e), Some(&rv)), want.dims(), &dev)?;
+                assert!(max_diff(&got, &want) < 1e-12, "k{k} s{s} group {group}");
+            }
+        }
+        Ok(())
+    }
+
     /// Gradients of Σ up·conv(x, w) by the definition, in loops.
     fn reference_grads(x: &Tensor, wt: &Tensor, up: &Tensor, s: usize, p: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let (n, ci, h, w) = x.dims4()?;
@@ -773,7 +899,7 @@ mod emulated_tests {
 
     fn geometry(n: usize, c_in: usize, (h, w): (usize, usize), kernel: usize, stride: usize, padding: usize) -> Geometry {
         let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
-        Geometry { n, c_in, h, w, c_out: 4, kh: kernel, kw: kernel, stride, padding, oh, ow, group: 1, forward_group: 1 }
+        Geometry { n, c_in, h, w, c_out: 4, kh: kernel, kw: kernel, stride, padding, oh, ow, group: 1, forward_group: 1, winograd: false }
     }
 
     fn ints(g: &Geometry) -> [i32; 9] {

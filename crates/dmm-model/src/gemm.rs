@@ -31,6 +31,12 @@ impl<'a, T> Mat<'a, T> {
         Self { data, rows, cols, rs: cols, cs: 1 }
     }
 
+    /// `rows × cols` with row stride `rs` (columns contiguous) over `data`.
+    pub(crate) fn strided(data: &'a [T], rows: usize, cols: usize, rs: usize) -> Self {
+        assert!(rows == 0 || cols == 0 || (rows - 1) * rs + cols <= data.len(), "matrix view {rows}×{cols}, row stride {rs}, over {} elements", data.len());
+        Self { data, rows, cols, rs, cs: 1 }
+    }
+
     /// The transpose, as a view.
     pub(crate) fn t(self) -> Self {
         Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }

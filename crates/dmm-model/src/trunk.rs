@@ -200,11 +200,17 @@ impl Bottleneck {
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = conv_bn(xs, &self.conv1, &self.bn1, true, train)?;
         let ys = conv_bn(&ys, &self.conv2, &self.bn2, true, train)?;
-        let ys = conv_bn(&ys, &self.conv3, &self.bn3, false, train)?;
         let shortcut = match &self.downsample {
             Some((c, b)) => conv_bn(xs, c, b, false, train)?,
             None => xs.clone(),
         };
+        if !train && xs.device().is_cpu() {
+            // Eval mode on the CPU: the batch norm, the add and the ReLU in the product's pass.
+            let cfg = self.conv3.config();
+            let (scale, shift) = self.bn3.eval_affine()?;
+            return crate::conv::conv2d_affine_add_relu(&ys, self.conv3.weight(), cfg.stride, cfg.padding, scale, shift, &shortcut);
+        }
+        let ys = conv_bn(&ys, &self.conv3, &self.bn3, false, train)?;
         add_relu(&ys, &shortcut)
     }
 }
