@@ -2,10 +2,11 @@
 //!
 //! This crate owns:
 //! - the trainable ResNet-50 trunk ([`trunk`]);
-//! - its CPU kernels on the `gemm` crate: convolutions as matrix products ([`conv`]), fused batch
-//!   normalization + ReLU ([`norm`]), and fully connected layers whose gradients land in place
-//!   ([`linear`]), with their elementwise loops compiled again for AVX2 and picked at run time
-//!   (`simd`);
+//! - its CPU kernels on the `gemm` crate: convolutions as matrix products ([`conv`]; Winograd
+//!   F(4×4, 3×3) for the 3×3 stride-1 ones on larger maps, and eval mode's block end fused into
+//!   the last product), fused batch normalization + ReLU ([`norm`]), and fully connected layers
+//!   whose gradients land in place, streaming a large weight once for a small batch ([`linear`]),
+//!   with their elementwise loops compiled again for AVX2 and picked at run time (`simd`);
 //! - the same kernels on CUDA (feature `cuda`): `kernels/dmm.cu` and cuBLAS, behind each op's
 //!   `cuda_fwd`, and the device names of the command line ([`device`]);
 //! - max and adaptive max pooling with a correct backward, and spatial pyramid pooling ([`pool`]);

@@ -3,13 +3,127 @@
 //! so its weight gradient comes back transposed and is copied element by element into place;
 //! for the subjective branch's first layer (43,008 × 2,048 at width 64) that copy cost more than
 //! the layer's products. The variables are still candle-nn's `Linear` (names, init, checkpoints).
+//!
+//! A batch of a few rows against a large weight (the subjective branch's first layer: 88 M
+//! weights, 352 MB in f32, for 8 images) is bound by reading the weight once; gemm packs it first
+//! and read it about twice over. There the forward and the input gradient run through
+//! [`thin_forward`] and [`thin_input_grad`], which stream the weight once, in blocks, against the
+//! few rows held in the first-level cache.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
 use candle_nn::Linear;
 
+use candle_core::WithDType;
+use rayon::prelude::*;
+
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul_uninit, written_vec, Mat};
+use crate::simd::multiversion;
+
+/// Batches of at most this many rows against weights of at least [`THIN_WEIGHTS`] elements take
+/// the streaming kernels.
+const THIN_ROWS: usize = 16;
+
+/// See [`THIN_ROWS`]: the heads' other layers (2 M weights and fewer) stay on gemm.
+const THIN_WEIGHTS: usize = 1 << 23;
+
+/// Columns of the weight per block: a block of every batch row (16 · 1,024 · 4 bytes at most in
+/// f32) stays in the first-level cache while the weight's rows stream past it.
+const BLOCK: usize = 1024;
+
+/// Weight rows per parallel task in [`thin_forward`].
+const ROWS_PER_TASK: usize = 16;
+
+impl Dense {
+    fn thin(&self) -> bool {
+        self.b <= THIN_ROWS && self.n_in * self.n_out >= THIN_WEIGHTS
+    }
+}
+
+multiversion! {
+    /// `Σ a·x` over slices of `x`'s length, in 16 lanes (whole-array steps, so that the
+    /// vectorizer keeps them in registers).
+    fn dot<T: WithDType>(a: &[T], x: &[T]) -> T {
+        let ((ga, ta), (gx, tx)) = (a[..x.len()].as_chunks::<16>(), x.as_chunks::<16>());
+        let mut acc = [T::zero(); 16];
+        for (ca, cx) in ga.iter().zip(gx) {
+            for l in 0..16 {
+                acc[l] += ca[l] * cx[l];
+            }
+        }
+        let mut r = T::zero();
+        for v in acc {
+            r += v;
+        }
+        for (&a, &x) in ta.iter().zip(tx) {
+            r += a * x;
+        }
+        r
+    }
+}
+
+multiversion! {
+    /// `y += p·a + q·b`.
+    fn axpy2<T: WithDType>(y: &mut [T], p: T, a: &[T], q: T, b: &[T]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            *y += p * a + q * b;
+        }
+    }
+}
+
+/// `x·Wᵀ` `[b, n_out]` for `x` `[b, n_in]` and `w` `[n_out, n_in]`: weight rows in parallel tasks,
+/// each walking the columns block by block, every `x` row against each weight row.
+fn thin_forward<T: WithDType>(x: &[T], w: &[T], Dense { b, n_in, n_out }: Dense) -> Vec<T> {
+    // yᵀ `[n_out, b]`, then transposed (b·n_out elements: nothing beside the weight's).
+    let mut yt = vec![T::zero(); n_out * b];
+    yt.par_chunks_mut(ROWS_PER_TASK * b).enumerate().for_each(|(task, yt)| {
+        let first = task * ROWS_PER_TASK;
+        let rows = yt.len() / b;
+        for c0 in (0..n_in).step_by(BLOCK) {
+            let cols = c0..(c0 + BLOCK).min(n_in);
+            let row = |r: usize| &w[(first + r) * n_in..][cols.clone()];
+            for r in 0..rows {
+                let wr = row(r);
+                for j in 0..b {
+                    yt[r * b + j] += dot(wr, &x[j * n_in..][cols.clone()]);
+                }
+            }
+        }
+    });
+    (0..b * n_out).map(|i| yt[(i % n_out) * b + i / n_out]).collect()
+}
+
+/// `∂Y·W` `[b, n_in]` for `dy` `[b, n_out]`: column blocks in parallel tasks, each adding two
+/// weight rows at a time into its block of every output row.
+fn thin_input_grad<T: WithDType>(dy: &[T], w: &[T], Dense { b, n_in, n_out }: Dense) -> Vec<T> {
+    let blocks: Vec<Vec<T>> = (0..n_in.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let cols = blk * BLOCK..((blk + 1) * BLOCK).min(n_in);
+            let len = cols.len();
+            let mut out = vec![T::zero(); b * len];
+            let zero = vec![T::zero(); len];
+            for o in (0..n_out).step_by(2) {
+                let wa = &w[o * n_in..][cols.clone()];
+                let wb = if o + 1 < n_out { &w[(o + 1) * n_in..][cols.clone()] } else { &zero };
+                for (j, out) in out.chunks_mut(len).enumerate() {
+                    let q = if o + 1 < n_out { dy[j * n_out + o + 1] } else { T::zero() };
+                    axpy2(out, dy[j * n_out + o], wa, q, wb);
+                }
+            }
+            out
+        })
+        .collect();
+    let mut gx = Vec::with_capacity(b * n_in);
+    for j in 0..b {
+        for blk in &blocks {
+            let len = blk.len() / b;
+            gx.extend_from_slice(&blk[j * len..(j + 1) * len]);
+        }
+    }
+    gx
+}
 
 /// `layer` applied to `xs` `[b, in] → [b, out]`, differentiable in the input, weight and bias.
 pub fn forward(layer: &Linear, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -49,6 +163,9 @@ impl CustomOp2 for Dense {
         expect_dims(l1, &[b, n_in], "linear")?;
         expect_dims(l2, &[n_out, n_in], "linear")?;
         let out = binary_kernel!("linear", s1, l1, s2, l2, |x, w| {
+            if self.thin() {
+                return thin_forward(x, w, *self);
+            }
             // SAFETY: the product writes all b·n_out elements.
             unsafe { written_vec(b * n_out, |y| _ = matmul_uninit(y, Mat::rows(x, b, n_in), Mat::rows(w, n_out, n_in).t(), all_threads())) }
         });
@@ -82,6 +199,9 @@ impl CustomOp2 for InputGrad {
         expect_dims(l1, &[b, n_out], "linear-input-grad")?;
         expect_dims(l2, &[n_out, n_in], "linear-input-grad")?;
         let out = binary_kernel!("linear-input-grad", s1, l1, s2, l2, |dy, w| {
+            if self.0.thin() {
+                return thin_input_grad(dy, w, self.0);
+            }
             // SAFETY: the product writes all b·n_in elements.
             unsafe { written_vec(b * n_in, |gx| _ = matmul_uninit(gx, Mat::rows(dy, b, n_out), Mat::rows(w, n_out, n_in), all_threads())) }
         });
@@ -128,6 +248,24 @@ impl CustomOp2 for WeightGrad {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Module, Var};
+
+    /// The streaming kernels equal gemm's products (f64): odd row counts, a last column block
+    /// shorter than the others, a last task with fewer rows.
+    #[test]
+    fn thin_kernels_match_the_products() {
+        for (b, n_in, n_out) in [(1, 3000, 37), (3, 2 * BLOCK + 17, 2 * ROWS_PER_TASK + 3), (8, 100, 1), (16, BLOCK, 16)] {
+            let d = Dense { b, n_in, n_out };
+            let data = |n: usize, s: f64| (0..n).map(|i| (i as f64 * 0.37 + s).sin()).collect::<Vec<f64>>();
+            let (x, w, dy) = (data(b * n_in, 0.0), data(n_out * n_in, 1.0), data(b * n_out, 2.0));
+            let mut y = vec![0.0; b * n_out];
+            crate::gemm::matmul(&mut y, Mat::rows(&x, b, n_in), Mat::rows(&w, n_out, n_in).t(), false, all_threads());
+            let mut gx = vec![0.0; b * n_in];
+            crate::gemm::matmul(&mut gx, Mat::rows(&dy, b, n_out), Mat::rows(&w, n_out, n_in), false, all_threads());
+            let max = |a: &[f64], b: &[f64]| a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(max(&thin_forward(&x, &w, d), &y) < 1e-10, "forward {b}×{n_in}→{n_out}");
+            assert!(max(&thin_input_grad(&dy, &w, d), &gx) < 1e-10, "input gradient {b}×{n_in}→{n_out}");
+        }
+    }
 
     /// Output and all three gradients equal candle's `Linear` (f64), with and without bias.
     #[test]
