@@ -15,11 +15,10 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use candle_core::CudaStorage;
 use candle_nn::Linear;
 
-use candle_core::WithDType;
 use rayon::prelude::*;
 
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul_uninit, written_vec, Mat};
-use crate::simd::multiversion;
+use crate::simd::{multiversion, Real};
 
 /// Batches of at most this many rows against weights of at least [`THIN_WEIGHTS`] elements take
 /// the streaming kernels.
@@ -42,61 +41,74 @@ impl Dense {
 }
 
 multiversion! {
-    /// `Σ a·x` over slices of `x`'s length, in 16 lanes (whole-array steps, so that the
-    /// vectorizer keeps them in registers).
-    fn dot<T: WithDType>(a: &[T], x: &[T]) -> T {
-        let ((ga, ta), (gx, tx)) = (a[..x.len()].as_chunks::<16>(), x.as_chunks::<16>());
-        let mut acc = [T::zero(); 16];
-        for (ca, cx) in ga.iter().zip(gx) {
-            for l in 0..16 {
-                acc[l] += ca[l] * cx[l];
+    /// `out[r] += Σ_i w[i]·x[r·stride + i]` for the eight rows `r < 8` of `x`, each `w.len()`
+    /// long: every element of `w` is loaded once for the eight rows, whose 8 × 8 lane sums stay
+    /// in registers.
+    fn dot8<T: Real>(w: &[T], x: &[T], stride: usize, out: &mut [T]) {
+        let n = w.len();
+        let rows: [&[T]; 8] = std::array::from_fn(|r| &x[r * stride..r * stride + n]);
+        let mut acc = [[T::zero(); 8]; 8];
+        let (groups, tail) = w.as_chunks::<8>();
+        for (g, wv) in groups.iter().enumerate() {
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let xv = &row[g * 8..g * 8 + 8];
+                for l in 0..8 {
+                    acc[l] = wv[l].fma(xv[l], acc[l]);
+                }
             }
         }
-        let mut r = T::zero();
-        for v in acc {
-            r += v;
+        for ((o, acc), row) in out.iter_mut().zip(&acc).zip(&rows) {
+            let mut s = T::zero();
+            for v in acc {
+                s += *v;
+            }
+            for (i, &wv) in tail.iter().enumerate() {
+                s = wv.fma(row[groups.len() * 8 + i], s);
+            }
+            *o += s;
         }
-        for (&a, &x) in ta.iter().zip(tx) {
-            r += a * x;
-        }
-        r
     }
 }
 
 multiversion! {
-    /// `y += p·a + q·b`.
-    fn axpy2<T: WithDType>(y: &mut [T], p: T, a: &[T], q: T, b: &[T]) {
-        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-            *y += p * a + q * b;
+    /// `y += Σ_k p[k]·w[k]` over four rows `w[k]` of `y`'s length: `y` is loaded and stored once
+    /// for the four.
+    fn axpy4<T: Real>(y: &mut [T], p: [T; 4], w: [&[T]; 4]) {
+        let n = y.len();
+        let [a, b, c, d] = w.map(|w| &w[..n]);
+        for i in 0..n {
+            y[i] = p[3].fma(d[i], p[2].fma(c[i], p[1].fma(b[i], p[0].fma(a[i], y[i]))));
         }
     }
 }
 
 /// `x·Wᵀ` `[b, n_out]` for `x` `[b, n_in]` and `w` `[n_out, n_in]`: weight rows in parallel tasks,
-/// each walking the columns block by block, every `x` row against each weight row.
-fn thin_forward<T: WithDType>(x: &[T], w: &[T], Dense { b, n_in, n_out }: Dense) -> Vec<T> {
-    // yᵀ `[n_out, b]`, then transposed (b·n_out elements: nothing beside the weight's).
-    let mut yt = vec![T::zero(); n_out * b];
-    yt.par_chunks_mut(ROWS_PER_TASK * b).enumerate().for_each(|(task, yt)| {
+/// each walking the columns block by block, every weight row against eight `x` rows at a time.
+fn thin_forward<T: Real>(x: &[T], w: &[T], Dense { b, n_in, n_out }: Dense) -> Vec<T> {
+    // `x` with zero rows up to a multiple of eight; yᵀ `[n_out, b8]`, then transposed (b·n_out
+    // elements: nothing beside the weight's).
+    let b8 = b.div_ceil(8) * 8;
+    let mut xp = x.to_vec();
+    xp.resize(b8 * n_in, T::zero());
+    let mut yt = vec![T::zero(); n_out * b8];
+    yt.par_chunks_mut(ROWS_PER_TASK * b8).enumerate().for_each(|(task, yt)| {
         let first = task * ROWS_PER_TASK;
-        let rows = yt.len() / b;
         for c0 in (0..n_in).step_by(BLOCK) {
             let cols = c0..(c0 + BLOCK).min(n_in);
-            let row = |r: usize| &w[(first + r) * n_in..][cols.clone()];
-            for r in 0..rows {
-                let wr = row(r);
-                for j in 0..b {
-                    yt[r * b + j] += dot(wr, &x[j * n_in..][cols.clone()]);
+            for (r, out) in yt.chunks_mut(b8).enumerate() {
+                let wr = &w[(first + r) * n_in..][cols.clone()];
+                for (g, out) in out.chunks_mut(8).enumerate() {
+                    dot8(wr, &xp[g * 8 * n_in + c0..], n_in, out);
                 }
             }
         }
     });
-    (0..b * n_out).map(|i| yt[(i % n_out) * b + i / n_out]).collect()
+    (0..b * n_out).map(|i| yt[(i % n_out) * b8 + i / n_out]).collect()
 }
 
-/// `∂Y·W` `[b, n_in]` for `dy` `[b, n_out]`: column blocks in parallel tasks, each adding two
+/// `∂Y·W` `[b, n_in]` for `dy` `[b, n_out]`: column blocks in parallel tasks, each adding four
 /// weight rows at a time into its block of every output row.
-fn thin_input_grad<T: WithDType>(dy: &[T], w: &[T], Dense { b, n_in, n_out }: Dense) -> Vec<T> {
+fn thin_input_grad<T: Real>(dy: &[T], w: &[T], Dense { b, n_in, n_out }: Dense) -> Vec<T> {
     let blocks: Vec<Vec<T>> = (0..n_in.div_ceil(BLOCK))
         .into_par_iter()
         .map(|blk| {
@@ -104,12 +116,13 @@ fn thin_input_grad<T: WithDType>(dy: &[T], w: &[T], Dense { b, n_in, n_out }: De
             let len = cols.len();
             let mut out = vec![T::zero(); b * len];
             let zero = vec![T::zero(); len];
-            for o in (0..n_out).step_by(2) {
-                let wa = &w[o * n_in..][cols.clone()];
-                let wb = if o + 1 < n_out { &w[(o + 1) * n_in..][cols.clone()] } else { &zero };
+            for o in (0..n_out).step_by(4) {
+                // Rows past the last are zero rows with zero factors.
+                let live = |k: usize| o + k < n_out;
+                let rows: [&[T]; 4] = std::array::from_fn(|k| if live(k) { &w[(o + k) * n_in..][cols.clone()] } else { &zero });
                 for (j, out) in out.chunks_mut(len).enumerate() {
-                    let q = if o + 1 < n_out { dy[j * n_out + o + 1] } else { T::zero() };
-                    axpy2(out, dy[j * n_out + o], wa, q, wb);
+                    let p = std::array::from_fn(|k| if live(k) { dy[j * n_out + o + k] } else { T::zero() });
+                    axpy4(out, p, rows);
                 }
             }
             out
