@@ -443,6 +443,9 @@ impl Geometry {
 
     /// Weight gradient: `∂W = Σ_b ∂Y_b · cols(x_b)ᵀ`, one partial sum per thread.
     fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T]) -> Vec<T> {
+        if self.winograd {
+            return winograd::weight_grad(self, x, dy);
+        }
         let (k, size, g) = (self.k(), self.c_out * self.k(), self.group);
         let add = |gw: &mut Vec<T>, images: Range<usize>, s: &mut Scratch<T>, par| {
             let gl = images.len() * self.l();

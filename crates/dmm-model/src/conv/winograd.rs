@@ -34,8 +34,8 @@ use candle_core::WithDType;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{affine_in_place, Epilogue, Geometry};
-use crate::gemm::{matmul_uninit, written_vec, Mat};
+use super::{add_into, affine_in_place, Epilogue, Geometry};
+use crate::gemm::{matmul, matmul_uninit, written_vec, Mat};
 use crate::simd::multiversion;
 
 /// Points of the transform domain, 6×6.
@@ -100,6 +100,45 @@ multiversion! {
             o3[i] = ac24 + b * twelfth;
             o4[i] = ac24 - b * twelfth;
             o5[i] = c;
+        }
+    }
+}
+
+multiversion! {
+    /// `A v`, the adjoint of [`output_1d`]: four rows into six.
+    fn grad_output_1d<T: WithDType>(v: [&[T]; 4], dst: &mut [T], ds: usize, len: usize) {
+        let [v0, v1, v2, v3] = v.map(|r| &r[..len]);
+        let (c2, c4, c8) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
+        let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
+        let mut next = || rows.next().expect("six destination rows");
+        let (o0, o1, o2, o3, o4, o5) = (next(), next(), next(), next(), next(), next());
+        for i in 0..len {
+            let (a, b, c, d) = (v0[i], v1[i], v2[i], v3[i]);
+            let (even, odd) = (a + c, b + d);
+            let (even4, odd2) = (a + c4 * c, c2 * b + c8 * d);
+            o0[i] = a;
+            o1[i] = even + odd;
+            o2[i] = even - odd;
+            o3[i] = even4 + odd2;
+            o4[i] = even4 - odd2;
+            o5[i] = d;
+        }
+    }
+}
+
+multiversion! {
+    /// `Gᵀ u`, the adjoint of [`filter_1d`]: six rows into three.
+    fn filter_grad_1d<T: WithDType>(u: [&[T]; 6], dst: &mut [T], ds: usize, len: usize) {
+        let [u0, u1, u2, u3, u4, u5] = u.map(|r| &r[..len]);
+        let (quarter, sixth, twelfth, c24) = (T::from_f64(0.25), T::from_f64(1.0 / 6.0), T::from_f64(1.0 / 12.0), T::from_f64(1.0 / 24.0));
+        let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
+        let mut next = || rows.next().expect("three destination rows");
+        let (o0, o1, o2) = (next(), next(), next());
+        for i in 0..len {
+            let (s12, d12, s34, d34) = (u1[i] + u2[i], u2[i] - u1[i], u3[i] + u4[i], u3[i] - u4[i]);
+            o0[i] = u0[i] * quarter - s12 * sixth + s34 * c24;
+            o1[i] = d12 * sixth + d34 * twelfth;
+            o2[i] = (s34 - s12) * sixth + u5[i];
         }
     }
 }
@@ -214,11 +253,13 @@ fn filters<T: WithDType>(wt: &[T], c_out: usize, c_in: usize, adjoint: bool) -> 
 struct Buffers<T> {
     v: Vec<T>,
     m: Vec<MaybeUninit<T>>,
+    /// `∂M` in the weight gradient.
+    dm: Vec<T>,
 }
 
 impl<T> Default for Buffers<T> {
     fn default() -> Self {
-        Self { v: Vec::new(), m: Vec::new() }
+        Self { v: Vec::new(), m: Vec::new(), dm: Vec::new() }
     }
 }
 
@@ -334,6 +375,140 @@ impl Tiles {
     }
 }
 
+impl Tiles {
+    /// `∂M = A ∂Y Aᵀ` of every 4×4 tile of `images` of `dy` (zero past the edges), `[c_out][36][g·t]`:
+    /// the gradient of the products `M` the forward back-transformed.
+    fn transform_grad_output<T: WithDType>(&self, dy: &[T], images: Range<usize>, dm: &mut Vec<T>, parallel: bool) {
+        let (t, tx, gt) = (self.per_image(), self.tx, images.len() * self.per_image());
+        let (h, w, plane) = (self.g.oh, self.g.ow, self.g.l());
+        let padded = 4 * tx;
+        dm.resize(self.g.c_out * POINTS * gt, T::zero());
+        chunks(parallel, dm, POINTS * gt, |k, dm, buf: &mut Vec<T>| {
+            // One output row padded with zeros, its four phases, and the tiles transformed along
+            // their columns: rows (oy, ξx) at (oy·6 + ξx)·gt.
+            buf.resize(padded * 2 + 24 * gt, T::zero());
+            let (row, rest) = buf.split_at_mut(padded);
+            let (phases, half) = rest.split_at_mut(padded);
+            for (bi, b) in images.clone().enumerate() {
+                let src = &dy[(b * self.g.c_out + k) * plane..(b * self.g.c_out + k + 1) * plane];
+                for ty in 0..self.ty {
+                    for oy in 0..4 {
+                        let dst = &mut half[oy * 6 * gt + bi * t + ty * tx..];
+                        let y = 4 * ty + oy;
+                        if y >= h {
+                            for xi in 0..6 {
+                                dst[xi * gt..xi * gt + tx].fill(T::zero());
+                            }
+                            continue;
+                        }
+                        row[..w].copy_from_slice(&src[y * w..(y + 1) * w]);
+                        deinterleave4(row, phases, tx);
+                        grad_output_1d(std::array::from_fn(|q| &phases[q * tx..]), dst, gt, tx);
+                    }
+                }
+            }
+            for xi in 0..6 {
+                grad_output_1d(std::array::from_fn(|oy| &half[(oy * 6 + xi) * gt..]), &mut dm[xi * gt..], 6 * gt, gt);
+            }
+        });
+    }
+
+    /// Adds `∂U_ξ = ∂M_ξ · V_ξᵀ` of `images` into `du` `[36][c_out][c_in]` (written, when empty).
+    fn accumulate<T: WithDType>(&self, x: &[T], dy: &[T], images: Range<usize>, du: &mut Vec<T>, s: &mut Buffers<T>, parallel: bool) {
+        let (c_in, c_out, gt) = (self.g.c_in, self.g.c_out, images.len() * self.per_image());
+        self.transform_input(x, images.clone(), &mut s.v, parallel);
+        self.transform_grad_output(dy, images, &mut s.dm, parallel);
+        let (v, dm, size) = (&s.v, &s.dm, c_out * c_in);
+        let operands = |xi: usize| (Mat::strided(&dm[xi * gt..], c_out, gt, POINTS * gt), Mat::strided(&v[xi * gt..], c_in, gt, POINTS * gt).t());
+        let first = du.is_empty();
+        let one = |xi: usize, dst: &mut [MaybeUninit<T>]| {
+            let (a, b) = operands(xi);
+            matmul_uninit(dst, a, b, Parallelism::None);
+        };
+        let add = |xi: usize, dst: &mut [T]| {
+            let (a, b) = operands(xi);
+            matmul(dst, a, b, true, Parallelism::None);
+        };
+        if first {
+            let fill = |out: &mut [MaybeUninit<T>]| {
+                if parallel {
+                    out.par_chunks_mut(size).enumerate().for_each(|(xi, d)| one(xi, d));
+                } else {
+                    out.chunks_mut(size).enumerate().for_each(|(xi, d)| one(xi, d));
+                }
+            };
+            // SAFETY: each point's product writes all `size` elements of its chunk.
+            *du = unsafe { written_vec(POINTS * size, fill) };
+        } else if parallel {
+            du.par_chunks_mut(size).enumerate().for_each(|(xi, d)| add(xi, d));
+        } else {
+            du.chunks_mut(size).enumerate().for_each(|(xi, d)| add(xi, d));
+        }
+    }
+}
+
+/// `∂W = Gᵀ ∂U G` for every filter, `[c_out, c_in, 3, 3]`, from `du` `[36][c_out][c_in]`.
+fn filter_grad<T: WithDType>(du: &[T], pairs: usize) -> Vec<T> {
+    const PAIRS_PER_TASK: usize = 256;
+    let block = |task: usize, dst: &mut [MaybeUninit<T>], buf: &mut Vec<T>| {
+        let (p0, len) = (task * PAIRS_PER_TASK, dst.len() / 9);
+        // The block's 36 rows, then along ξx into (ξy, j) at (ξy·3 + j)·len, then along ξy into
+        // (i, j) at (i·3 + j)·len, then interleaved into the filters' [pairs][3][3].
+        buf.resize(63 * len, T::zero());
+        let (points, rest) = buf.split_at_mut(36 * len);
+        let (half, taps) = rest.split_at_mut(18 * len);
+        for (xi, row) in points.chunks_mut(len).enumerate() {
+            row.copy_from_slice(&du[xi * pairs + p0..xi * pairs + p0 + len]);
+        }
+        for yi in 0..6 {
+            filter_grad_1d(std::array::from_fn(|xi| &points[(yi * 6 + xi) * len..]), &mut half[yi * 3 * len..], len, len);
+        }
+        for j in 0..3 {
+            filter_grad_1d(std::array::from_fn(|yi| &half[(yi * 3 + j) * len..]), &mut taps[j * len..], 3 * len, len);
+        }
+        for (p, d) in dst.chunks_mut(9).enumerate() {
+            for (q, d) in d.iter_mut().enumerate() {
+                d.write(taps[q * len + p]);
+            }
+        }
+    };
+    let fill = |out: &mut [MaybeUninit<T>]| out.par_chunks_mut(9 * PAIRS_PER_TASK).enumerate().for_each_init(Vec::new, |buf, (i, d)| block(i, d, buf));
+    // SAFETY: every task writes its block of filters in full.
+    unsafe { written_vec(9 * pairs, fill) }
+}
+
+/// Weight gradient: `∂U_ξ = Σ ∂M_ξ · V_ξᵀ` over the batch's tiles, one partial sum per thread,
+/// then `∂W = Gᵀ ∂U G`.
+pub(super) fn weight_grad<T: WithDType>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
+    let t = Tiles::new(g);
+    let groups = g.n.div_ceil(t.group);
+    let images = |i: usize| i * t.group..((i + 1) * t.group).min(g.n);
+    let threads = rayon::current_num_threads();
+    let du = if threads > 1 && groups >= threads {
+        (0..groups)
+            .into_par_iter()
+            .fold(|| (Vec::new(), Buffers::default()), |(mut du, mut s), i| {
+                t.accumulate(x, dy, images(i), &mut du, &mut s, false);
+                (du, s)
+            })
+            .map(|(du, _)| du)
+            .reduce(Vec::new, |a, b| match (a.is_empty(), b.is_empty()) {
+                (true, _) => b,
+                (_, true) => a,
+                _ => {
+                    let mut a = a;
+                    add_into(&mut a, &b);
+                    a
+                }
+            })
+    } else {
+        let (mut du, mut s) = (Vec::new(), Buffers::default());
+        (0..groups).for_each(|i| t.accumulate(x, dy, images(i), &mut du, &mut s, true));
+        du
+    };
+    filter_grad(&du, g.c_out * g.c_in)
+}
+
 /// Forward of a convolution [`applies`] holds for.
 pub(super) fn forward<T: WithDType>(g: &Geometry, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
     let u = filters(wt, g.c_out, g.c_in, false);
@@ -366,7 +541,7 @@ mod tests {
         a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
     }
 
-    /// Forward (plain and with the eval epilogue) and input gradient equal the im2col path, for
+    /// Forward (plain and with the eval epilogue) and both gradients equal the im2col path, for
     /// maps whose sizes leave partial tiles at the right and bottom, maps smaller than one tile,
     /// and every grouping of the images: one per product, uneven groups, the whole batch (whose
     /// stages then run in parallel).
@@ -379,6 +554,7 @@ mod tests {
             let dy = data(g.n * g.output(), 20.0 + case as f64);
             let e = Epilogue { scale: (0..c_out).map(|c| 0.5 + c as f64).collect(), shift: (0..c_out).map(|c| 0.1 * c as f64 - 0.2).collect(), relu: true };
             let (want, want_e, want_dx) = (g.forward(&x, &wt, None), g.forward(&x, &wt, Some(&e)), g.input_grad(&dy, &wt));
+            let want_dw = g.weight_grad(&x, &dy);
             let (u, ua) = (filters(&wt, c_out, c_in, false), filters(&wt, c_out, c_in, true));
             let adjoint = Geometry { c_in: c_out, c_out: c_in, ..g };
             for group in [1, 2, n] {
@@ -387,15 +563,22 @@ mod tests {
                 assert!(rel(&t.convolve(&x, &u, None), &want) < 1e-12, "forward, case {case}, group {group}");
                 assert!(rel(&t.convolve(&x, &u, Some(&e)), &want_e) < 1e-12, "epilogue, case {case}, group {group}");
                 assert!(rel(&ta.convolve(&dy, &ua, None), &want_dx) < 1e-12, "input gradient, case {case}, group {group}");
+                let (mut du, mut s) = (Vec::new(), Buffers::default());
+                for (i, parallel) in (0..n.div_ceil(group)).zip([false, true].into_iter().cycle()) {
+                    t.accumulate(&x, &dy, i * group..((i + 1) * group).min(n), &mut du, &mut s, parallel);
+                }
+                assert!(rel(&filter_grad(&du, c_out * c_in), &want_dw) < 1e-12, "weight gradient, case {case}, group {group}");
             }
             // The entry points the op calls.
             assert!(rel(&forward(&g, &x, &wt, Some(&e)), &want_e) < 1e-12, "forward entry, case {case}");
             assert!(rel(&input_grad(&g, &dy, &wt), &want_dx) < 1e-12, "input gradient entry, case {case}");
+            assert!(rel(&weight_grad(&g, &x, &dy), &want_dw) < 1e-12, "weight gradient entry, case {case}");
         }
     }
 
     /// In f32 the transforms round more than the direct sum, but stay within a small multiple of
-    /// it: measured against the f64 result at 64 channels (the trunk's narrowest).
+    /// it: measured against the f64 result at 64 channels (the trunk's narrowest), forward and
+    /// weight gradient.
     #[test]
     fn f32_rounding_stays_near_the_direct_sum() {
         let g = geometry(2, 64, 64, 28, 28);
@@ -407,7 +590,15 @@ mod tests {
         let direct = widen(g.forward(&f32s(&x), &f32s(&wt), None));
         let winograd = widen(forward(&g, &f32s(&x), &f32s(&wt), None));
         let (d, wg) = (rel(&direct, &exact), rel(&winograd, &exact));
-        eprintln!("f32 max error over max |y|: direct {d:.2e}, Winograd {wg:.2e}");
-        assert!(wg < 5e-5 && wg < 20.0 * d.max(1e-8), "Winograd f32 error {wg:.2e} against direct {d:.2e}");
+        eprintln!("f32 forward, max error over max |y|: direct {d:.2e}, Winograd {wg:.2e}");
+        assert!(wg < 5e-5 && wg < 20.0 * d.max(1e-8), "Winograd f32 forward error {wg:.2e} against direct {d:.2e}");
+        // The weight gradient sums over every position of the batch.
+        let dy = data(g.n * g.output(), 3.0);
+        let exact = g.weight_grad(&x, &dy);
+        let direct = widen(g.weight_grad(&f32s(&x), &f32s(&dy)));
+        let winograd = widen(weight_grad(&g, &f32s(&x), &f32s(&dy)));
+        let (d, wg) = (rel(&direct, &exact), rel(&winograd, &exact));
+        eprintln!("f32 weight gradient, max error over max |∂W|: direct {d:.2e}, Winograd {wg:.2e}");
+        assert!(wg < 5e-5 && wg < 20.0 * d.max(1e-8), "Winograd f32 weight gradient error {wg:.2e} against direct {d:.2e}");
     }
 }
