@@ -13,6 +13,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::simd::multiversion;
 #[cfg(feature = "cuda")]
 use {
     crate::cuda::float_dispatch,
@@ -66,6 +68,17 @@ impl Elem for f64 {
     }
 }
 
+multiversion! {
+    /// `acc[i] ← max(acc[i], row[i])`: NaN wins, and of equal values the one already there stays.
+    fn max_into<T: Elem>(acc: &mut [T], row: &[T]) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            #[allow(clippy::eq_op)] // v != v: NaN, without a call the vectorizer would keep.
+            let take = v > *a || (v != v && *a == *a);
+            *a = if take { v } else { *a };
+        }
+    }
+}
+
 impl WindowMaxPool {
     /// Pooling over the given windows. Every window must be non-empty.
     pub fn new(rows: Vec<Window>, cols: Vec<Window>) -> Self {
@@ -107,13 +120,28 @@ impl WindowMaxPool {
         Ok((n, c, h, w))
     }
 
+    /// The maxima, separably: each output row's window of rows folded into one row (whole rows
+    /// at a time, vectorized), then each column window of that row. The value is the first
+    /// arg-max's: the same number, or NaN where the window has one (a tie between −0 and +0 may
+    /// come out with either sign).
     fn fwd<T: Elem>(&self, xs: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
         let (oh, ow) = (self.rows.len(), self.cols.len());
         let mut out = vec![T::zero(); planes * oh * ow];
-        out.par_chunks_mut(oh * ow).zip(xs.par_chunks(h * w)).for_each(|(o, plane)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    o[oy * ow + ox] = plane[self.argmax(plane, w, oy, ox)];
+        out.par_chunks_mut(oh * ow).zip(xs.par_chunks(h * w)).for_each_init(Vec::new, |folded, (o, plane)| {
+            for (&(r0, r1), o) in self.rows.iter().zip(o.chunks_mut(ow)) {
+                folded.clear();
+                folded.extend_from_slice(&plane[r0 * w..(r0 + 1) * w]);
+                for y in r0 + 1..r1 {
+                    max_into(folded, &plane[y * w..(y + 1) * w]);
+                }
+                for (&(c0, c1), o) in self.cols.iter().zip(o.iter_mut()) {
+                    let mut m = folded[c0];
+                    for &v in &folded[c0 + 1..c1] {
+                        if v > m || (v.is_nan() && !m.is_nan()) {
+                            m = v;
+                        }
+                    }
+                    *o = m;
                 }
             }
         });
@@ -308,6 +336,29 @@ mod tests {
         // Level 1: max 9. Level 2 (rows [0,2) [1,3), cols [0,2) [2,4)): 5 9 / 7 9.
         assert_eq!(s.to_vec2::<f32>()?, [[9., 5., 9., 7., 9.]]);
         Ok(())
+    }
+
+    /// The separable forward gives each window's first arg-max value, NaN included, for the stem's
+    /// overlapping windows and for adaptive bins, on data with ties and NaNs.
+    #[test]
+    fn separable_forward_is_the_first_argmax_value() {
+        let (h, w) = (11, 9);
+        let mut x: Vec<f64> = (0..3 * h * w).map(|i| ((i * 7919) % 13) as f64 - 6.0).collect();
+        for i in [5, 40, 41, 150, 260] {
+            x[i] = f64::NAN;
+        }
+        for pool in [WindowMaxPool::new(pool_windows(h, 3, 2, 1), pool_windows(w, 3, 2, 1)), WindowMaxPool::new(adaptive_windows(h, 4), adaptive_windows(w, 3))] {
+            let got = pool.fwd(&x, 3, h, w);
+            let (oh, ow) = (pool.rows.len(), pool.cols.len());
+            for (p, plane) in x.chunks(h * w).enumerate() {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (g, want) = (got[(p * oh + oy) * ow + ox], plane[pool.argmax(plane, w, oy, ox)]);
+                        assert!(g == want || (g.is_nan() && want.is_nan()), "plane {p} ({oy}, {ox}): {g} vs {want}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
