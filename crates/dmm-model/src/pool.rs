@@ -79,13 +79,27 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// [`max_into`], recording in `from` the row `y` of each element taken from `row`.
+    fn max_with_row<T: Elem>(acc: &mut [T], from: &mut [u32], row: &[T], y: u32) {
+        for ((a, f), &v) in acc.iter_mut().zip(from.iter_mut()).zip(row) {
+            #[allow(clippy::eq_op)] // v != v: NaN, without a call the vectorizer would keep.
+            let take = v > *a || (v != v && *a == *a);
+            *a = if take { v } else { *a };
+            *f = if take { y } else { *f };
+        }
+    }
+}
+
 impl WindowMaxPool {
     /// Pooling over the given windows. Every window must be non-empty.
     pub fn new(rows: Vec<Window>, cols: Vec<Window>) -> Self {
         Self { rows, cols }
     }
 
-    /// Index within the plane of the first maximum of window `(oy, ox)`.
+    /// Index within the plane of the first maximum of window `(oy, ox)`, by the definition: the
+    /// tests' reference for the separable kernels.
+    #[cfg(test)]
     fn argmax<T: Elem>(&self, plane: &[T], w: usize, oy: usize, ox: usize) -> usize {
         let (r0, r1) = self.rows[oy];
         let (c0, c1) = self.cols[ox];
@@ -148,16 +162,35 @@ impl WindowMaxPool {
         out
     }
 
+    /// Each output gradient added at its window's first arg-max, found separably as in
+    /// [`Self::fwd`]: each column's first maximum over the window's rows (value and row, whole
+    /// rows at a time), then over the column window the largest value, ties going to the smaller
+    /// row and then the smaller column — the first in row-major order.
     fn bwd_kernel<T: Elem>(&self, xs: &[T], grad: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
         let (oh, ow) = (self.rows.len(), self.cols.len());
         let mut dx = vec![T::zero(); planes * h * w];
         dx.par_chunks_mut(h * w)
             .zip(xs.par_chunks(h * w))
             .zip(grad.par_chunks(oh * ow))
-            .for_each(|((d, plane), g)| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        d[self.argmax(plane, w, oy, ox)] += g[oy * ow + ox];
+            .for_each_init(|| (Vec::new(), Vec::new()), |(folded, from), ((d, plane), g)| {
+                for (&(r0, r1), g) in self.rows.iter().zip(g.chunks(ow)) {
+                    folded.clear();
+                    folded.extend_from_slice(&plane[r0 * w..(r0 + 1) * w]);
+                    from.clear();
+                    from.resize(w, r0 as u32);
+                    for y in r0 + 1..r1 {
+                        max_with_row(folded, from, &plane[y * w..(y + 1) * w], y as u32);
+                    }
+                    for (&(c0, c1), &g) in self.cols.iter().zip(g) {
+                        let (mut m, mut my, mut mx) = (folded[c0], from[c0], c0);
+                        for x in c0 + 1..c1 {
+                            let (v, vy) = (folded[x], from[x]);
+                            let tie = v == m || (v.is_nan() && m.is_nan());
+                            if v > m || (v.is_nan() && !m.is_nan()) || (tie && vy < my) {
+                                (m, my, mx) = (v, vy, x);
+                            }
+                        }
+                        d[my as usize * w + mx] += g;
                     }
                 }
             });
@@ -358,6 +391,31 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The separable backward sends each gradient to the first arg-max in row-major order, with
+    /// ties across rows and columns and NaNs.
+    #[test]
+    fn separable_backward_is_the_first_argmax() {
+        let (h, w) = (11, 9);
+        let mut x: Vec<f64> = (0..3 * h * w).map(|i| ((i * 7919) % 5) as f64).collect();
+        for i in [5, 40, 41, 150, 158, 260] {
+            x[i] = f64::NAN;
+        }
+        for pool in [WindowMaxPool::new(pool_windows(h, 3, 2, 1), pool_windows(w, 3, 2, 1)), WindowMaxPool::new(adaptive_windows(h, 4), adaptive_windows(w, 3))] {
+            let (oh, ow) = (pool.rows.len(), pool.cols.len());
+            let g: Vec<f64> = (0..3 * oh * ow).map(|i| 1.0 + i as f64).collect();
+            let got = pool.bwd_kernel(&x, &g, 3, h, w);
+            let mut want = vec![0.0; x.len()];
+            for (p, plane) in x.chunks(h * w).enumerate() {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        want[p * h * w + pool.argmax(plane, w, oy, ox)] += g[(p * oh + oy) * ow + ox];
+                    }
+                }
+            }
+            assert_eq!(got, want);
         }
     }
 
