@@ -32,7 +32,7 @@ const THIN_WEIGHTS: usize = 1 << 23;
 const BLOCK: usize = 1024;
 
 /// Weight rows per parallel task in [`thin_forward`].
-const ROWS_PER_TASK: usize = 16;
+const ROWS_PER_TASK: usize = 64;
 
 impl Dense {
     fn thin(&self) -> bool {

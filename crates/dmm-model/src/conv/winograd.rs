@@ -334,9 +334,11 @@ impl Tiles {
         unsafe { &*(m as *mut [MaybeUninit<T>] as *const [T]) }
     }
 
-    /// Output plane `[oh, ow]` of image `b` (the group's `b`-th), channel `k`, from `M`.
-    fn transform_output<T: WithDType>(&self, m: &[T], gt: usize, b: usize, k: usize, plane: &mut [MaybeUninit<T>], buf: &mut Vec<T>, epilogue: Option<&Epilogue>) {
+    /// Output plane `i` `[oh, ow]` of the group from `M`: image `i / c_out` of the group, channel
+    /// `i mod c_out`.
+    fn transform_output<T: WithDType>(&self, m: &[T], gt: usize, i: usize, plane: &mut [MaybeUninit<T>], buf: &mut Vec<T>, epilogue: Option<&Epilogue>) {
         let (t, c_out, tx, w) = (self.per_image(), self.g.c_out, self.tx, self.g.ow);
+        let (b, k) = (i / c_out, i % c_out);
         // Along ξx: rows (ξy, ox) at (ξy·4 + ox)·t; along ξy: (oy, ox) at (oy·4 + ox)·t; then
         // one output row at a time, interleaved from its four column phases.
         buf.resize(40 * t + 4 * tx, T::zero());
@@ -366,7 +368,7 @@ impl Tiles {
                 let (parallel, gt) = (!matches!(par, Parallelism::None), images.len() * self.per_image());
                 self.transform_input(x, images, &mut s.v, parallel);
                 let products = self.products(u, &s.v, gt, &mut s.m, parallel);
-                let each = |i: usize, plane: &mut [MaybeUninit<T>], buf: &mut Vec<T>| self.transform_output(products, gt, i / g.c_out, i % g.c_out, plane, buf, epilogue);
+                let each = |i: usize, plane: &mut [MaybeUninit<T>], buf: &mut Vec<T>| self.transform_output(products, gt, i, plane, buf, epilogue);
                 chunks(parallel, y, plane, each);
             })
         };
