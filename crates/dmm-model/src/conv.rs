@@ -460,32 +460,44 @@ impl Geometry {
                 matmul(gw, dy, cols, true, par);
             }
         };
-        let groups = self.n.div_ceil(g);
-        let images = |i: usize| i * g..((i + 1) * g).min(self.n);
-        let threads = rayon::current_num_threads();
-        let gw = if threads > 1 && groups >= threads {
-            (0..groups)
-                .into_par_iter()
-                .fold(|| (Vec::new(), Scratch::default()), |(mut gw, mut s), i| {
-                    add(&mut gw, images(i), &mut s, Parallelism::None);
-                    (gw, s)
-                })
-                .map(|(gw, _)| gw)
-                .reduce(Vec::new, |a, b| match (a.is_empty(), b.is_empty()) {
-                    (true, _) => b,
-                    (_, true) => a,
-                    _ => {
-                        let mut a = a;
-                        add_into(&mut a, &b);
-                        a
-                    }
-                })
-        } else {
-            let (par, mut gw, mut s) = (all_threads(), Vec::new(), Scratch::default());
-            (0..groups).for_each(|i| add(&mut gw, images(i), &mut s, par));
-            gw
-        };
+        let gw = sum_over_groups(self.n, g, add);
         if gw.is_empty() { vec![T::zero(); size] } else { gw }
+    }
+}
+
+/// `Σ` over the groups of `g` images of a batch of `n` of what `add(partial, images, scratch,
+/// parallelism)` adds into a partial sum: one partial per thread when the groups fill the threads
+/// (each product on one thread), else one group after another with the threads inside the
+/// products. A partial starts empty, and `add` writes it on its first call rather than adding to
+/// zeros; the result is empty for an empty batch.
+fn sum_over_groups<T: WithDType, S: Default + Send, F>(n: usize, g: usize, add: F) -> Vec<T>
+where
+    F: Fn(&mut Vec<T>, Range<usize>, &mut S, Parallelism) + Sync,
+{
+    let groups = n.div_ceil(g);
+    let images = |i: usize| i * g..((i + 1) * g).min(n);
+    let threads = rayon::current_num_threads();
+    if threads > 1 && groups >= threads {
+        (0..groups)
+            .into_par_iter()
+            .fold(|| (Vec::new(), S::default()), |(mut sum, mut s), i| {
+                add(&mut sum, images(i), &mut s, Parallelism::None);
+                (sum, s)
+            })
+            .map(|(sum, _)| sum)
+            .reduce(Vec::new, |a, b| match (a.is_empty(), b.is_empty()) {
+                (true, _) => b,
+                (_, true) => a,
+                _ => {
+                    let mut a = a;
+                    add_into(&mut a, &b);
+                    a
+                }
+            })
+    } else {
+        let (par, mut sum, mut s) = (all_threads(), Vec::new(), S::default());
+        (0..groups).for_each(|i| add(&mut sum, images(i), &mut s, par));
+        sum
     }
 }
 

@@ -34,7 +34,7 @@ use candle_core::WithDType;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{add_into, affine_in_place, Epilogue, Geometry};
+use super::{affine_in_place, sum_over_groups, Epilogue, Geometry};
 use crate::gemm::{matmul, matmul_uninit, written_vec, Mat};
 use crate::simd::multiversion;
 
@@ -483,31 +483,11 @@ fn filter_grad<T: WithDType>(du: &[T], pairs: usize) -> Vec<T> {
 /// then `∂W = Gᵀ ∂U G`.
 pub(super) fn weight_grad<T: WithDType>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
     let t = Tiles::new(g);
-    let groups = g.n.div_ceil(t.group);
-    let images = |i: usize| i * t.group..((i + 1) * t.group).min(g.n);
-    let threads = rayon::current_num_threads();
-    let du = if threads > 1 && groups >= threads {
-        (0..groups)
-            .into_par_iter()
-            .fold(|| (Vec::new(), Buffers::default()), |(mut du, mut s), i| {
-                t.accumulate(x, dy, images(i), &mut du, &mut s, false);
-                (du, s)
-            })
-            .map(|(du, _)| du)
-            .reduce(Vec::new, |a, b| match (a.is_empty(), b.is_empty()) {
-                (true, _) => b,
-                (_, true) => a,
-                _ => {
-                    let mut a = a;
-                    add_into(&mut a, &b);
-                    a
-                }
-            })
-    } else {
-        let (mut du, mut s) = (Vec::new(), Buffers::default());
-        (0..groups).for_each(|i| t.accumulate(x, dy, images(i), &mut du, &mut s, true));
-        du
-    };
+    let add = |du: &mut Vec<T>, images, s: &mut Buffers<T>, par| t.accumulate(x, dy, images, du, s, !matches!(par, Parallelism::None));
+    let du = sum_over_groups(g.n, t.group, add);
+    if du.is_empty() {
+        return vec![T::zero(); 9 * g.c_out * g.c_in];
+    }
     filter_grad(&du, g.c_out * g.c_in)
 }
 
