@@ -10,8 +10,8 @@
 //! group) per thread, smaller ones let the product use the threads.
 //!
 //! The 3×3, stride-1 convolutions on maps of at least a dozen 4×4 tiles run their forward and
-//! input gradient through Winograd F(4×4, 3×3) instead ([`winograd`]: four times fewer
-//! multiply-adds); their weight gradient stays on the columns.
+//! both gradients through Winograd F(4×4, 3×3) instead ([`winograd`]: four times fewer
+//! multiply-adds).
 //!
 //! candle's own conv2d backward runs the input gradient through a direct `conv_transpose2d` loop
 //! several times slower than the forward, and gets `output_padding` wrong for strided convs whose
@@ -175,8 +175,8 @@ struct Geometry {
     group: usize,
     /// Images per product in the forward.
     forward_group: usize,
-    /// Forward and input gradient through Winograd F(4×4, 3×3) ([`winograd`]): set for every
-    /// 3×3, stride-1, padding-1 convolution.
+    /// Forward and both gradients through Winograd F(4×4, 3×3): set where [`winograd::applies`]
+    /// (3×3, stride 1, padding 1, maps of enough tiles).
     winograd: bool,
 }
 

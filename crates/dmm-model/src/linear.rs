@@ -6,7 +6,7 @@
 //!
 //! A batch of a few rows against a large weight (the subjective branch's first layer: 88 M
 //! weights, 352 MB in f32, for 8 images) is bound by reading the weight once; gemm packs it first
-//! and read it about twice over. There the forward and the input gradient run through
+//! and so reads it about twice over. There the forward and the input gradient run through
 //! [`thin_forward`] and [`thin_input_grad`], which stream the weight once, in blocks, against the
 //! few rows held in the first-level cache.
 
@@ -33,12 +33,6 @@ const BLOCK: usize = 1024;
 
 /// Weight rows per parallel task in [`thin_forward`].
 const ROWS_PER_TASK: usize = 64;
-
-impl Dense {
-    fn thin(&self) -> bool {
-        self.b <= THIN_ROWS && self.n_in * self.n_out >= THIN_WEIGHTS
-    }
-}
 
 multiversion! {
     /// `out[r] += Σ_i w[i]·x[r·stride + i]` for the eight rows `r < 8` of `x`, each `w.len()`
@@ -158,6 +152,13 @@ struct Dense {
     b: usize,
     n_in: usize,
     n_out: usize,
+}
+
+impl Dense {
+    /// Whether the streaming kernels take this product (see [`THIN_ROWS`]).
+    fn thin(&self) -> bool {
+        self.b <= THIN_ROWS && self.n_in * self.n_out >= THIN_WEIGHTS
+    }
 }
 
 /// `∂Y, W → ∂x = ∂Y·W`.

@@ -68,13 +68,19 @@ impl Elem for f64 {
     }
 }
 
+/// Whether `v` replaces the maximum `m` found so far: it is larger, or NaN where `m` is not (NaN
+/// propagates; of equal values the earlier stays).
+#[inline(always)]
+#[allow(clippy::eq_op)] // x != x: NaN, in a form the vectorizer keeps.
+fn beats<T: Elem>(v: T, m: T) -> bool {
+    v > m || (v != v && m == m)
+}
+
 multiversion! {
-    /// `acc[i] ← max(acc[i], row[i])`: NaN wins, and of equal values the one already there stays.
+    /// `acc[i] ← max(acc[i], row[i])` by [`beats`].
     fn max_into<T: Elem>(acc: &mut [T], row: &[T]) {
         for (a, &v) in acc.iter_mut().zip(row) {
-            #[allow(clippy::eq_op)] // v != v: NaN, without a call the vectorizer would keep.
-            let take = v > *a || (v != v && *a == *a);
-            *a = if take { v } else { *a };
+            *a = if beats(v, *a) { v } else { *a };
         }
     }
 }
@@ -83,8 +89,7 @@ multiversion! {
     /// [`max_into`], recording in `from` the row `y` of each element taken from `row`.
     fn max_with_row<T: Elem>(acc: &mut [T], from: &mut [u32], row: &[T], y: u32) {
         for ((a, f), &v) in acc.iter_mut().zip(from.iter_mut()).zip(row) {
-            #[allow(clippy::eq_op)] // v != v: NaN, without a call the vectorizer would keep.
-            let take = v > *a || (v != v && *a == *a);
+            let take = beats(v, *a);
             *a = if take { v } else { *a };
             *f = if take { y } else { *f };
         }
@@ -151,7 +156,7 @@ impl WindowMaxPool {
                 for (&(c0, c1), o) in self.cols.iter().zip(o.iter_mut()) {
                     let mut m = folded[c0];
                     for &v in &folded[c0 + 1..c1] {
-                        if v > m || (v.is_nan() && !m.is_nan()) {
+                        if beats(v, m) {
                             m = v;
                         }
                     }
@@ -186,7 +191,7 @@ impl WindowMaxPool {
                         for x in c0 + 1..c1 {
                             let (v, vy) = (folded[x], from[x]);
                             let tie = v == m || (v.is_nan() && m.is_nan());
-                            if v > m || (v.is_nan() && !m.is_nan()) || (tie && vy < my) {
+                            if beats(v, m) || (tie && vy < my) {
                                 (m, my, mx) = (v, vy, x);
                             }
                         }
