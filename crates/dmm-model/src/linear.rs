@@ -1,11 +1,11 @@
 //! Fully connected layers as one graph node: `y = x·Wᵀ + b` with the weight gradient `∂Yᵀ·x`
 //! computed straight into W's `[out, in]` layout. candle's `Linear` multiplies by the view `Wᵀ`,
 //! so its weight gradient comes back transposed and is copied element by element into place;
-//! for the subjective branch's first layer (43,008 × 2,048 at width 64) that copy cost more than
+//! for the subjective branch's first layer (28,672 × 2,048 at width 64) that copy cost more than
 //! the layer's products. The variables are still candle-nn's `Linear` (names, init, checkpoints).
 //!
-//! A batch of a few rows against a large weight (the subjective branch's first layer: 88 M
-//! weights, 352 MB in f32, for 8 images) is bound by reading the weight once; gemm packs it first
+//! A batch of a few rows against a large weight (the subjective branch's first layer: 58.7 M
+//! weights, 235 MB in f32, for 8 images) is bound by reading the weight once; gemm packs it first
 //! and so reads it about twice over. There the forward and the input gradient run through
 //! [`thin_forward`] and [`thin_input_grad`], which stream the weight once, in blocks, against the
 //! few rows held in the first-level cache.
@@ -24,8 +24,9 @@ use crate::simd::{multiversion, Real};
 /// the streaming kernels.
 const THIN_ROWS: usize = 16;
 
-/// See [`THIN_ROWS`]: the heads' other layers (2 M weights and fewer) stay on gemm.
-const THIN_WEIGHTS: usize = 1 << 23;
+/// See [`THIN_ROWS`]: the heads' 2,048 → 1,024 layers (2 M weights) stream too (3.0 → 0.4 ms
+/// forward at batch 8); their last layers (140 k weights and fewer) stay on gemm.
+const THIN_WEIGHTS: usize = 1 << 20;
 
 /// Columns of the weight per block: a block of every batch row (16 · 1,024 · 4 bytes at most in
 /// f32) stays in the first-level cache while the weight's rows stream past it.
@@ -37,13 +38,22 @@ const ROWS_PER_TASK: usize = 64;
 multiversion! {
     /// `out[r] += Σ_i w[i]·x[r·stride + i]` for the eight rows `r < 8` of `x`, each `w.len()`
     /// long: every element of `w` is loaded once for the eight rows, whose 8 × 8 lane sums stay
-    /// in registers.
-    fn dot8<T: Real>(w: &[T], x: &[T], stride: usize, out: &mut [T]) {
+    /// in registers. Meanwhile `next`, the weight segment the caller reads after `w`, is
+    /// prefetched: the hardware prefetcher alone left the loads of `w` waiting on memory (the
+    /// 58.7 M-weight layer at 10.7 GB/s; prefetching, 21–22 → 14.5 ms).
+    fn dot8<T: Real>(w: &[T], next: &[T], x: &[T], stride: usize, out: &mut [T]) {
         let n = w.len();
         let rows: [&[T]; 8] = std::array::from_fn(|r| &x[r * stride..r * stride + n]);
         let mut acc = [[T::zero(); 8]; 8];
         let (groups, tail) = w.as_chunks::<8>();
         for (g, wv) in groups.iter().enumerate() {
+            #[cfg(target_arch = "x86_64")]
+            if g % 2 == 0 {
+                // One cache line of the next row's segment per two groups (eight f32 each).
+                let line = next.as_ptr().wrapping_add(g * 8).cast::<i8>();
+                // SAFETY: a prefetch only hints the cache; it never faults, wherever it points.
+                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line) };
+            }
             for (acc, row) in acc.iter_mut().zip(&rows) {
                 let xv = &row[g * 8..g * 8 + 8];
                 for l in 0..8 {
@@ -91,8 +101,9 @@ fn thin_forward<T: Real>(x: &[T], w: &[T], Dense { b, n_in, n_out }: Dense) -> V
             let cols = c0..(c0 + BLOCK).min(n_in);
             for (r, out) in yt.chunks_mut(b8).enumerate() {
                 let wr = &w[(first + r) * n_in..][cols.clone()];
+                let next = w.get((first + r + 1) * n_in + c0..).unwrap_or(wr);
                 for (g, out) in out.chunks_mut(8).enumerate() {
-                    dot8(wr, &xp[g * 8 * n_in + c0..], n_in, out);
+                    dot8(wr, next, &xp[g * 8 * n_in + c0..], n_in, out);
                 }
             }
         }

@@ -186,18 +186,27 @@ impl DmmModel {
 
     /// The heads on a trunk feature map.
     pub fn heads(&self, features: &Tensor) -> Result<DmmOutput> {
-        let spp1 = || spp(features, 1); // [b, c]
-        let attributes = match &self.head {
-            Head::GlobalPool(fc) => crate::linear::forward(fc, &features.mean((2, 3))?)?,
-            Head::SingleSpp(mlp) => mlp.forward(&spp(features, 3)?)?,
+        // SPP-1 is the first level of the 3-level pyramid (its first `c` columns): pooled once.
+        let level1 = |pyramid: &Tensor| pyramid.narrow(1, 0, features.dim(1)?); // [b, c]
+        let (attributes, spp1) = match &self.head {
+            Head::GlobalPool(fc) => (crate::linear::forward(fc, &features.mean((2, 3))?)?, None),
+            Head::SingleSpp(mlp) => {
+                let pyramid = spp(features, 3)?; // [b, 14·c]
+                (mlp.forward(&pyramid)?, Some(level1(&pyramid)?))
+            }
             Head::Grouped { objective, subjective, to_celeba } => {
-                let obj = objective.forward(&spp1()?)?; // [b, 22]
-                let subj = subjective.forward(&spp(features, 3)?)?; // [b, 18]
-                Tensor::cat(&[obj, subj], 1)?.index_select(to_celeba, 1)? // [b, 40], CelebA order
+                let pyramid = spp(features, 3)?;
+                let spp1 = level1(&pyramid)?;
+                let obj = objective.forward(&spp1)?; // [b, 22]
+                let subj = subjective.forward(&pyramid)?; // [b, 18]
+                (Tensor::cat(&[obj, subj], 1)?.index_select(to_celeba, 1)?, Some(spp1)) // [b, 40], CelebA order
             }
         };
         let landmarks = match &self.landmarks {
-            Some(mlp) => Some(mlp.forward(&spp1()?)?), // [b, 2T]
+            Some(mlp) => Some(mlp.forward(&match spp1 {
+                Some(spp1) => spp1,
+                None => spp(features, 1)?,
+            })?), // [b, 2T]
             None => None,
         };
         Ok(DmmOutput { attributes, landmarks })
