@@ -79,6 +79,56 @@ pub fn conv2d_affine_add_relu(xs: &Tensor, weight: &Tensor, stride: usize, paddi
     xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &residual.contiguous()?, &op)
 }
 
+/// The Winograd-transformed filters of a 3×3 `weight` `[c_out, c_in, 3, 3]`, `[c_out, 36, c_in]`,
+/// for [`conv2d_affine_winograd`]: transformed once for many eval-mode calls instead of on every
+/// call. `None` off the CPU or for other kernel sizes.
+pub fn winograd_filters(weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (_, _, kh, kw) = weight.dims4()?;
+    if !weight.device().is_cpu() || (kh, kw) != (3, 3) {
+        return Ok(None);
+    }
+    Ok(Some(weight.contiguous()?.apply_op1_no_bwd(&WinogradFilters)?))
+}
+
+/// `weight → transformed filters` of [`winograd_filters`].
+struct WinogradFilters;
+
+impl candle_core::CustomOp1 for WinogradFilters {
+    fn name(&self) -> &'static str {
+        "winograd-filters"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::pool::contiguous;
+        let (c_out, c_in, _, _) = layout.shape().dims4()?;
+        let u = match storage {
+            CpuStorage::F32(w) => CpuStorage::F32(winograd::filters(contiguous(w, layout, self.name())?, c_out, c_in, false)),
+            CpuStorage::F64(w) => CpuStorage::F64(winograd::filters(contiguous(w, layout, self.name())?, c_out, c_in, false)),
+            s => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), candle_core::backend::BackendStorage::dtype(s)),
+        };
+        Ok((u, Shape::from((c_out, winograd::POINTS, c_in))))
+    }
+}
+
+/// [`conv2d_affine`] of a 3×3, stride-1, padding-1 convolution given also its
+/// [`winograd_filters`]: through Winograd with those filters wherever that saves work (down to
+/// the 7×7 maps of the trunk's last stage, below the threshold that rebuilding the filters on
+/// every call sets), else through the weight. No backward.
+pub fn conv2d_affine_winograd(xs: &Tensor, weight: &Tensor, filters: &Tensor, scale: Vec<f64>, shift: Vec<f64>, relu: bool) -> candle_core::Result<Tensor> {
+    let g = Geometry::new(xs, weight, 1, 1)?;
+    if !winograd::applies_prepared(&g) {
+        return conv2d_affine(xs, weight, 1, 1, scale, shift, relu);
+    }
+    if filters.dims() != [g.c_out, winograd::POINTS, g.c_in] {
+        candle_core::bail!("conv2d_affine_winograd: filters {:?} are not those of weight {:?}", filters.dims(), weight.dims())
+    }
+    if scale.len() != g.c_out || shift.len() != g.c_out {
+        candle_core::bail!("conv2d_affine_winograd: {} scales and {} shifts for {} channels", scale.len(), shift.len(), g.c_out)
+    }
+    let op = Conv2dWinograd { g, epilogue: Epilogue { scale, shift, relu } };
+    xs.contiguous()?.apply_op2_no_bwd(&filters.contiguous()?, &op)
+}
+
 /// The per-channel map [`conv2d_affine`] applies to the product.
 struct Epilogue {
     scale: Vec<f64>,
@@ -649,6 +699,26 @@ impl candle_core::CustomOp3 for Conv2dResidual {
     }
 }
 
+/// `(x, transformed filters) → y` of [`conv2d_affine_winograd`].
+struct Conv2dWinograd {
+    g: Geometry,
+    epilogue: Epilogue,
+}
+
+impl CustomOp2 for Conv2dWinograd {
+    fn name(&self) -> &'static str {
+        "conv2d-affine-winograd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        expect_dims(l1, &g.input_dims(), self.name())?;
+        expect_dims(l2, &[g.c_out, winograd::POINTS, g.c_in], self.name())?;
+        let out = binary_kernel!("conv2d-affine-winograd", s1, l1, s2, l2, |x, u| winograd::forward_with(g, x, u, Some(&self.epilogue)));
+        Ok((out, Shape::from(g.output_dims().to_vec())))
+    }
+}
+
 /// `∂Y, W → ∂x`, no graph of its own.
 struct InputGrad(Geometry);
 
@@ -840,6 +910,32 @@ mod tests {
     /// The block end fused into the product equals the convolution, the per-channel map, the
     /// residual and the ReLU one after another: image by image and in groups, pointwise and 3×3
     /// (which then leaves the Winograd path), through the op and in f64.
+    /// With the transformed filters at hand, eval mode's 3×3 convolution equals the im2col path
+    /// (f64): through Winograd on maps down to 7×7 and 3×3, through the weight on 2×2 maps.
+    #[test]
+    fn prepared_winograd_equals_the_plain_path() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (n, h, w, winograd) in [(3, 7, 7, true), (2, 7, 6, true), (2, 3, 3, true), (3, 2, 2, false), (2, 14, 11, true)] {
+            let x = Tensor::randn(0f64, 1., (n, 6, h, w), &dev)?;
+            let wt = Tensor::randn(0f64, 1., (5, 6, 3, 3), &dev)?;
+            let (scale, shift) = (vec![0.5, -1.0, 2.0, 0.0, 1.5], vec![0.1, 0.2, -0.3, 0.4, -0.5]);
+            assert_eq!(winograd::applies_prepared(&Geometry::new(&x, &wt, 1, 1)?), winograd, "{h}×{w}");
+            let u = winograd_filters(&wt)?.expect("3×3 filters on the CPU");
+            assert_eq!(u.dims(), [5, 36, 6]);
+            for relu in [false, true] {
+                let want = conv2d_affine(&x, &wt, 1, 1, scale.clone(), shift.clone(), relu)?;
+                let got = conv2d_affine_winograd(&x, &wt, &u, scale.clone(), shift.clone(), relu)?;
+                assert!(max_diff(&got, &want) < 1e-12, "{n}×{h}×{w} relu {relu}");
+            }
+        }
+        let (x, wt) = (Tensor::zeros((1, 6, 7, 7), DType::F64, &dev)?, Tensor::zeros((5, 6, 3, 3), DType::F64, &dev)?);
+        let other = winograd_filters(&Tensor::zeros((5, 4, 3, 3), DType::F64, &dev)?)?.expect("3×3");
+        let err = conv2d_affine_winograd(&x, &wt, &other, vec![1.0; 5], vec![0.0; 5], false).unwrap_err().to_string();
+        assert!(err.contains("are not those of weight"), "{err}");
+        assert!(winograd_filters(&Tensor::zeros((5, 4, 1, 1), DType::F64, &dev)?)?.is_none());
+        Ok(())
+    }
+
     #[test]
     fn residual_epilogue_equals_conv_map_add_relu() -> candle_core::Result<()> {
         let dev = Device::Cpu;

@@ -170,6 +170,12 @@ impl DmmModel {
         &self.config
     }
 
+    /// An eval-mode copy for many forwards with weights that no longer change: the trunk's
+    /// [`Trunk::for_inference`]. Stale once the weights change (make a new one).
+    pub fn for_inference(&self) -> Result<Self> {
+        Ok(Self { trunk: self.trunk.for_inference()?, ..self.clone() })
+    }
+
     /// The trunk alone.
     pub fn trunk(&self) -> &Trunk {
         &self.trunk

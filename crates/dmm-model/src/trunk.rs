@@ -173,6 +173,8 @@ pub struct Bottleneck {
     conv3: Conv2d,
     bn3: BatchNorm,
     downsample: Option<(Conv2d, BatchNorm)>,
+    /// `conv2`'s Winograd-transformed filters, in copies made by [`Trunk::for_inference`].
+    filters: Option<Tensor>,
 }
 
 impl Bottleneck {
@@ -192,6 +194,7 @@ impl Bottleneck {
             conv3: conv(planes, c_out, 1, 1, vb.pp("conv3"))?,
             bn3: bn(c_out, vb.pp("bn3"))?,
             downsample,
+            filters: None,
         })
     }
 
@@ -199,7 +202,13 @@ impl Bottleneck {
     /// `[b, c_in, h, w] → [b, 4·planes, ⌈h/stride⌉, ⌈w/stride⌉]`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let ys = conv_bn(xs, &self.conv1, &self.bn1, true, train)?;
-        let ys = conv_bn(&ys, &self.conv2, &self.bn2, true, train)?;
+        let ys = match &self.filters {
+            Some(filters) if !train => {
+                let (scale, shift) = self.bn2.eval_affine()?;
+                crate::conv::conv2d_affine_winograd(&ys, self.conv2.weight(), filters, scale, shift, true)?
+            }
+            _ => conv_bn(&ys, &self.conv2, &self.bn2, true, train)?,
+        };
         let shortcut = match &self.downsample {
             Some((c, b)) => conv_bn(xs, c, b, false, train)?,
             None => xs.clone(),
@@ -244,6 +253,20 @@ impl Trunk {
             stages.push(blocks);
         }
         Ok(Self { conv1: conv(3, width, 7, 2, vb.pp("conv1"))?, bn1: bn(width, vb.pp("bn1"))?, stages, width })
+    }
+
+    /// An eval-mode copy whose stride-1 3×3 filters are Winograd-transformed once, for many
+    /// eval-mode forwards with weights that no longer change (prediction, one evaluation pass).
+    /// The copy shares the weights; its train-mode forwards ignore the transformed filters, and
+    /// once the weights change it is stale: make a new copy.
+    pub fn for_inference(&self) -> Result<Self> {
+        let mut copy = self.clone();
+        for block in copy.stages.iter_mut().flatten() {
+            if block.conv2.config().stride == 1 {
+                block.filters = crate::conv::winograd_filters(block.conv2.weight())?;
+            }
+        }
+        Ok(copy)
     }
 
     /// The width this trunk was built with.

@@ -45,6 +45,10 @@ fn trunk_matches_pytorch_in_eval_and_train_mode() {
     let out = model.trunk().forward_t(&io["input"], false).unwrap();
     let e = rel_err(&out, &io["trunk_eval"]);
     assert!(e < 1e-4, "trunk eval relative error {e}");
+    // The inference copy: its 3×3 filters transformed once, Winograd down to layer 4's 7×6 maps.
+    let out = model.trunk().for_inference().unwrap().forward_t(&io["input"], false).unwrap();
+    let e = rel_err(&out, &io["trunk_eval"]);
+    assert!(e < 1e-4, "inference trunk eval relative error {e}");
 
     let out = model.trunk().forward_t(&io["input"], true).unwrap();
     let e = rel_err(&out, &io["trunk_train"]);
@@ -69,11 +73,13 @@ fn full_dmm_cnn_matches_pytorch() {
         var.set(&t.to_dtype(candle_core::DType::F32).unwrap()).unwrap();
     }
     drop(data);
-    let out = model.forward_t(&io["input"], false).unwrap();
-    let e = rel_err(&out.attributes, &io["attributes_eval"]);
-    assert!(e < 1e-4, "attributes relative error {e}");
-    let e = rel_err(out.landmarks.as_ref().unwrap(), &io["landmarks_eval"]);
-    assert!(e < 1e-4, "landmarks relative error {e}");
+    for model in [model.clone(), model.for_inference().unwrap()] {
+        let out = model.forward_t(&io["input"], false).unwrap();
+        let e = rel_err(&out.attributes, &io["attributes_eval"]);
+        assert!(e < 1e-4, "attributes relative error {e}");
+        let e = rel_err(out.landmarks.as_ref().unwrap(), &io["landmarks_eval"]);
+        assert!(e < 1e-4, "landmarks relative error {e}");
+    }
 }
 
 #[test]

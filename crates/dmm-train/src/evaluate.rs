@@ -15,6 +15,8 @@ pub fn images(batch: &Batch, device: &Device) -> Result<Tensor> {
 
 /// Evaluates `model` (eval-mode batch norm) on every batch of `loader`.
 pub fn evaluate(model: &DmmModel, loader: &Loader, tau: &[f64], device: &Device) -> Result<Evaluation> {
+    // The weights stay fixed for the whole pass: the 3×3 filters are transformed once for it.
+    let model = model.for_inference()?;
     let mut eval = Evaluation::default();
     for batch in loader.epoch(0) {
         let batch = batch?;

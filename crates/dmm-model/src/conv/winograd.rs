@@ -41,7 +41,7 @@ use crate::gemm::{matmul, matmul_uninit, written_vec, Mat};
 use crate::simd::multiversion;
 
 /// Points of the transform domain, 6×6.
-const POINTS: usize = 36;
+pub(super) const POINTS: usize = 36;
 
 /// Tiles per product the image groups aim for (see `Geometry::group_size`).
 const GROUP_TILES: usize = 64;
@@ -192,6 +192,14 @@ pub(super) fn applies(g: &Geometry) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.padding == 1 && g.oh.div_ceil(4) * g.ow.div_ceil(4) >= MIN_TILES
 }
 
+/// Which convolutions take this path when their transformed filters are at hand (eval mode with
+/// [`super::winograd_filters`]): 3×3, stride 1, padding 1, where the tiles' multiply-adds (36 per
+/// 16 outputs, padding included) are at most half the direct 9 per output: `8·tiles ≤ oh·ow`
+/// (7×7 maps, 4 tiles, qualify; 2×2 maps do not).
+pub(super) fn applies_prepared(g: &Geometry) -> bool {
+    g.kh == 3 && g.kw == 3 && g.stride == 1 && g.padding == 1 && 8 * g.oh.div_ceil(4) * g.ow.div_ceil(4) <= g.l()
+}
+
 /// The tiling of one convolution: `ty × tx` tiles of 4×4 outputs per image, `group` images per
 /// product.
 #[derive(Clone, Copy)]
@@ -219,7 +227,7 @@ impl Tiles {
 /// The transformed filters `U` `[c_out][36][c_in]` of `wt` `[c_out, c_in, 3, 3]`; with
 /// `adjoint`, those of the input gradient's filters (`[c_in, c_out, 3, 3]`, each turned by 180°),
 /// `[c_in][36][c_out]`.
-fn filters<T: WithDType>(wt: &[T], c_out: usize, c_in: usize, adjoint: bool) -> Vec<T> {
+pub(super) fn filters<T: WithDType>(wt: &[T], c_out: usize, c_in: usize, adjoint: bool) -> Vec<T> {
     let (rows, cols) = if adjoint { (c_in, c_out) } else { (c_out, c_in) };
     let block = |o: usize, dst: &mut [MaybeUninit<T>], buf: &mut Vec<T>| {
         // The nine taps `[9][cols]`, then `G g` along the kernel's columns (rows (j, ξy) of the
@@ -483,6 +491,11 @@ pub(super) fn weight_grad<T: WithDType>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<
 pub(super) fn forward<T: WithDType>(g: &Geometry, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
     let u = filters(wt, g.c_out, g.c_in, false);
     Tiles::new(g).convolve(x, &u, epilogue)
+}
+
+/// Forward with the transformed filters `u` given ([`filters`]).
+pub(super) fn forward_with<T: WithDType>(g: &Geometry, x: &[T], u: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
+    Tiles::new(g).convolve(x, u, epilogue)
 }
 
 /// Input gradient: `∂x` is `∂Y` convolved with the filters transposed and turned by 180°.
