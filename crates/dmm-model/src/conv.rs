@@ -190,8 +190,17 @@ multiversion! {
 }
 
 multiversion! {
-    /// `dst[i] = src[i·s]`.
+    /// `dst[i] = src[i·s]`. Stride 2 (every strided convolution of the trunk) reads pairs, which
+    /// the compiler vectorizes; `step_by` with a stride known only at run time it does not.
     fn gather_strided<T: WithDType>(dst: &mut [T], src: &[T], s: usize) {
+        if let (2, Some((last, init))) = (s, dst.split_last_mut()) {
+            for (d, pair) in init.iter_mut().zip(src.chunks_exact(2)) {
+                *d = pair[0];
+            }
+            // The last element's pair may end past `src`.
+            *last = src[2 * init.len()];
+            return;
+        }
         for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
             *d = v;
         }
@@ -199,8 +208,15 @@ multiversion! {
 }
 
 multiversion! {
-    /// `dst[i·s] += src[i]`.
+    /// `dst[i·s] += src[i]`, stride 2 by pairs as in [`gather_strided`].
     fn scatter_add_strided<T: WithDType>(dst: &mut [T], src: &[T], s: usize) {
+        if let (2, Some((last, init))) = (s, src.split_last()) {
+            for (pair, &v) in dst.chunks_exact_mut(2).zip(init) {
+                pair[0] += v;
+            }
+            dst[2 * init.len()] += *last;
+            return;
+        }
         for (d, &v) in dst.iter_mut().step_by(s).zip(src) {
             *d += v;
         }
