@@ -134,16 +134,25 @@ multiversion! {
     /// `(Σx, Σx²)` of one plane, in f64.
     fn plane_sums<T: WithDType>(x: &[T]) -> (f64, f64) {
         let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+        let mut wide = [0f64; WIDEN];
         let (groups, tail) = x.as_chunks::<LANES>();
-        // Whole-array steps, one after the other: the vectorizer pairs `a[j]` with `b[j]`
-        // (two-wide) when each lane's work is written together.
-        for g in groups {
-            let v = g.map(|v| v.to_f64());
-            for j in 0..LANES {
-                a[j] += v[j];
+        for run in groups.chunks(WIDEN / LANES) {
+            // Widened a run at a time, then each sum in its own loop: written as one loop, the
+            // conversions stay scalar and the vectorizer pairs a[j] with b[j] (two-wide).
+            let wide = &mut wide[..run.len() * LANES];
+            for (w, v) in wide.iter_mut().zip(run.as_flattened()) {
+                *w = v.to_f64();
             }
-            for j in 0..LANES {
-                b[j] += v[j] * v[j];
+            let wide = wide.as_chunks::<LANES>().0;
+            for g in wide {
+                for j in 0..LANES {
+                    a[j] += g[j];
+                }
+            }
+            for g in wide {
+                for j in 0..LANES {
+                    b[j] += g[j] * g[j];
+                }
             }
         }
         let (mut s, mut s2) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
@@ -155,6 +164,10 @@ multiversion! {
         (s, s2)
     }
 }
+
+/// Elements per widened run in [`plane_sums`] and [`plane_grad_sums`] (a multiple of
+/// [`LANES`]).
+const WIDEN: usize = 256;
 
 multiversion! {
     /// `out = x·scale + shift` of one plane, clamped at 0 with `relu`.
@@ -178,28 +191,36 @@ multiversion! {
     /// forward's output `y` is not positive.
     fn plane_grad_sums<T: WithDType>(x: &[T], dy: &[T], y: &[T], mean: f64, relu: bool) -> (f64, f64) {
         let zero = T::zero();
-        let d_of = |dy: T, y: T| (if relu & (y <= zero) { zero } else { dy }).to_f64();
         let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
-        let ((xg, xt), (dg, dt), (yg, yt)) = (x.as_chunks::<LANES>(), dy.as_chunks::<LANES>(), y.as_chunks::<LANES>());
-        for ((x, dy), y) in xg.iter().zip(dg).zip(yg) {
-            // Whole-array steps, as in `plane_sums`.
-            let mut d = [0f64; LANES];
-            for j in 0..LANES {
-                d[j] = d_of(dy[j], y[j]);
+        let (mut wd, mut wx) = ([0f64; WIDEN], [0f64; WIDEN]);
+        let full = x.len() / LANES * LANES;
+        for start in (0..full).step_by(WIDEN) {
+            // Widened a run at a time, then each sum in its own loop, as in `plane_sums`.
+            let len = WIDEN.min(full - start);
+            let (wd, wx) = (&mut wd[..len], &mut wx[..len]);
+            for ((w, &dy), &y) in wd.iter_mut().zip(&dy[start..start + len]).zip(&y[start..start + len]) {
+                *w = (if relu & (y <= zero) { zero } else { dy }).to_f64();
             }
-            let centred = x.map(|x| x.to_f64() - mean);
-            for j in 0..LANES {
-                a[j] += d[j];
+            for (w, &x) in wx.iter_mut().zip(&x[start..start + len]) {
+                *w = x.to_f64() - mean;
             }
-            for j in 0..LANES {
-                b[j] += d[j] * centred[j];
+            let (wd, wx) = (wd.as_chunks::<LANES>().0, wx.as_chunks::<LANES>().0);
+            for d in wd {
+                for j in 0..LANES {
+                    a[j] += d[j];
+                }
+            }
+            for (d, c) in wd.iter().zip(wx) {
+                for j in 0..LANES {
+                    b[j] += d[j] * c[j];
+                }
             }
         }
         let (mut s, mut sx) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-        for ((&x, &dy), &y) in xt.iter().zip(dt).zip(yt) {
-            let d = d_of(dy, y);
+        for i in full..x.len() {
+            let d = (if relu & (y[i] <= zero) { zero } else { dy[i] }).to_f64();
             s += d;
-            sx += d * (x.to_f64() - mean);
+            sx += d * (x[i].to_f64() - mean);
         }
         (s, sx)
     }
