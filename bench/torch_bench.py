@@ -5,7 +5,8 @@ same step (forward, MSE on attributes and landmarks, backward, SGD with momentum
 
     python3 bench/torch_bench.py train-step --width 64 --size 112x112 --batch 8 --iters 5 --json
 
-`cargo xtask bench` runs it interleaved with `dmm bench` and prints the ratios; `scripts/gpu-check.sh`
+`cargo xtask bench` runs it interleaved with `dmm bench` and prints the ratios (PyTorch's default
+NCHW layout; --channels-last times its opt-in NHWC one); `scripts/gpu-check.sh`
 runs it with --device cuda (f32, TF32 off, as dmm computes).
 """
 import argparse
@@ -34,6 +35,7 @@ def main():
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--channels-last", action="store_true", help="model and input in PyTorch's opt-in NHWC memory format (faster on CPU for some sizes)")
     a = p.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     dev = torch.device(a.device)
@@ -44,6 +46,9 @@ def main():
     torch.manual_seed(0)
     model = fixtures.Dmm(a.width, 68, fixtures.read_groups()).to(dev)
     x = torch.randn(a.batch, 3, h, w, device=dev)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     if a.mode == "train-step":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)

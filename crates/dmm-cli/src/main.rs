@@ -23,7 +23,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> ExitCode {
     // mimalloc returns freed memory to the kernel after a second by default; a training step
-    // frees and reallocates the same large buffers (the subjective branch's 352 MB weight gradient
+    // frees and reallocates the same large buffers (the subjective branch's 235 MB weight gradient
     // among them) every step, so keep them. Measured: 218×178 training step 2.24 s against
     // 2.34–2.56 s, peak memory 2.30 against 2.23 GiB (PyTorch: 2.75 GiB).
     // SAFETY: setting an option is a plain store in mimalloc's option table.

@@ -4,7 +4,7 @@
 //!
 //! The update runs in place, one pass over each variable and its momentum buffer together:
 //! written as tensor arithmetic it took six passes and five fresh buffers per variable, and the
-//! subjective branch's first layer alone holds 88 M weights at width 64. The buffers live outside
+//! subjective branch's first layer alone holds 58.7 M weights at width 64. The buffers live outside
 //! candle (a candle op can write only one tensor) and become tensors only for checkpoints.
 
 use std::collections::BTreeMap;
