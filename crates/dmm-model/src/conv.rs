@@ -923,9 +923,6 @@ mod tests {
         Ok(())
     }
 
-    /// The block end fused into the product equals the convolution, the per-channel map, the
-    /// residual and the ReLU one after another: image by image and in groups, pointwise and 3×3
-    /// (which then leaves the Winograd path), through the op and in f64.
     /// With the transformed filters at hand, eval mode's 3×3 convolution equals the im2col path
     /// (f64): through Winograd on maps down to 7×7 and 3×3, through the weight on 2×2 maps.
     #[test]
@@ -952,6 +949,9 @@ mod tests {
         Ok(())
     }
 
+    /// The block end fused into the product equals the convolution, the per-channel map, the
+    /// residual and the ReLU one after another: image by image and in groups, pointwise and 3×3
+    /// (which then leaves the Winograd path), through the op and in f64.
     #[test]
     fn residual_epilogue_equals_conv_map_add_relu() -> candle_core::Result<()> {
         let dev = Device::Cpu;

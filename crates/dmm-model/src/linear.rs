@@ -166,9 +166,15 @@ struct Dense {
 }
 
 impl Dense {
-    /// Whether the streaming kernels take this product (see [`THIN_ROWS`]).
+    /// Whether the streaming forward takes this product (see [`THIN_ROWS`]).
     fn thin(&self) -> bool {
-        self.b <= THIN_ROWS && self.n_in * self.n_out >= THIN_WEIGHTS
+        (1..=THIN_ROWS).contains(&self.b) && self.n_in * self.n_out >= THIN_WEIGHTS
+    }
+
+    /// Whether the streaming input gradient does: as [`Self::thin`], with a column block for every
+    /// thread (its tasks; a 2,048-input layer has two, too few for a machine of many cores).
+    fn thin_input_grad(&self) -> bool {
+        self.thin() && self.n_in.div_ceil(BLOCK) >= rayon::current_num_threads()
     }
 }
 
@@ -224,7 +230,7 @@ impl CustomOp2 for InputGrad {
         expect_dims(l1, &[b, n_out], "linear-input-grad")?;
         expect_dims(l2, &[n_out, n_in], "linear-input-grad")?;
         let out = binary_kernel!("linear-input-grad", s1, l1, s2, l2, |dy, w| {
-            if self.0.thin() {
+            if self.0.thin_input_grad() {
                 return thin_input_grad(dy, w, self.0);
             }
             // SAFETY: the product writes all b·n_in elements.
@@ -278,6 +284,7 @@ mod tests {
     /// shorter than the others, a last task with fewer rows.
     #[test]
     fn thin_kernels_match_the_products() {
+        assert!(!Dense { b: 0, n_in: 4096, n_out: 4096 }.thin(), "an empty batch stays on gemm");
         for (b, n_in, n_out) in [(1, 3000, 37), (3, 2 * BLOCK + 17, 2 * ROWS_PER_TASK + 3), (8, 100, 1), (16, BLOCK, 16)] {
             let d = Dense { b, n_in, n_out };
             let data = |n: usize, s: f64| (0..n).map(|i| (i as f64 * 0.37 + s).sin()).collect::<Vec<f64>>();

@@ -74,7 +74,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         json!({"median_s": median, "images_per_s": rate, "peak_rss_mib": peak, "prepare_s": inference.as_ref().map(|_| prepare_s)}).to_string() + "\n"
     } else {
         let peak = peak.map(|p| format!(", peak RSS {p:.0} MiB")).unwrap_or_default();
-        let prepare = inference.as_ref().map(|_| format!(" after {prepare_s:.3} s transforming the 3×3 filters")).unwrap_or_default();
+        // Off the CPU the inference copy transforms nothing (the GPU path has no Winograd).
+        let prepare = inference.as_ref().filter(|_| device.is_cpu()).map(|_| format!(" after {prepare_s:.3} s transforming the 3×3 filters")).unwrap_or_default();
         format!(
             "dmm {mode} width {} {h}x{w} batch {b} on {}: median {median:.3} s, {rate:.1} images/s{peak}{prepare} ({} iterations, {} threads)\n",
             args.width,
