@@ -54,10 +54,8 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> ca
 /// batch statistics).
 pub fn conv2d_affine(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize, scale: Vec<f64>, shift: Vec<f64>, relu: bool) -> candle_core::Result<Tensor> {
     let g = Geometry::new(xs, weight, stride, padding)?;
-    if scale.len() != g.c_out || shift.len() != g.c_out {
-        candle_core::bail!("conv2d_affine: {} scales and {} shifts for {} channels", scale.len(), shift.len(), g.c_out)
-    }
-    xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g, epilogue: Some(Epilogue { scale, shift, relu }) })
+    let epilogue = Epilogue::new(scale, shift, relu, g.c_out, "conv2d_affine")?;
+    xs.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g, epilogue: Some(epilogue) })
 }
 
 /// Eval mode's last convolution of a bottleneck block with the block's end fused in:
@@ -69,13 +67,11 @@ pub fn conv2d_affine(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize
 /// `residual` has the output's shape.
 pub fn conv2d_affine_add_relu(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize, scale: Vec<f64>, shift: Vec<f64>, residual: &Tensor) -> candle_core::Result<Tensor> {
     let g = Geometry::new(xs, weight, stride, padding)?;
-    if scale.len() != g.c_out || shift.len() != g.c_out {
-        candle_core::bail!("conv2d_affine_add_relu: {} scales and {} shifts for {} channels", scale.len(), shift.len(), g.c_out)
-    }
+    let epilogue = Epilogue::new(scale, shift, true, g.c_out, "conv2d_affine_add_relu")?;
     if residual.dims() != g.output_dims() {
         candle_core::bail!("conv2d_affine_add_relu: residual {:?} is not the output's {:?}", residual.dims(), g.output_dims())
     }
-    let op = Conv2dResidual { g, epilogue: Epilogue { scale, shift, relu: true } };
+    let op = Conv2dResidual { g, epilogue };
     xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &residual.contiguous()?, &op)
 }
 
@@ -122,10 +118,7 @@ pub fn conv2d_affine_winograd(xs: &Tensor, weight: &Tensor, filters: &Tensor, sc
     if filters.dims() != [g.c_out, winograd::POINTS, g.c_in] {
         candle_core::bail!("conv2d_affine_winograd: filters {:?} are not those of weight {:?}", filters.dims(), weight.dims())
     }
-    if scale.len() != g.c_out || shift.len() != g.c_out {
-        candle_core::bail!("conv2d_affine_winograd: {} scales and {} shifts for {} channels", scale.len(), shift.len(), g.c_out)
-    }
-    let op = Conv2dWinograd { g, epilogue: Epilogue { scale, shift, relu } };
+    let op = Conv2dWinograd { g, epilogue: Epilogue::new(scale, shift, relu, g.c_out, "conv2d_affine_winograd")? };
     xs.contiguous()?.apply_op2_no_bwd(&filters.contiguous()?, &op)
 }
 
@@ -137,6 +130,14 @@ struct Epilogue {
 }
 
 impl Epilogue {
+    /// The map for `c_out` channels, or an error naming `op` when the lengths do not fit.
+    fn new(scale: Vec<f64>, shift: Vec<f64>, relu: bool, c_out: usize, op: &str) -> candle_core::Result<Self> {
+        if scale.len() != c_out || shift.len() != c_out {
+            candle_core::bail!("{op}: {} scales and {} shifts for {c_out} channels", scale.len(), shift.len())
+        }
+        Ok(Self { scale, shift, relu })
+    }
+
     /// Applies the map to one image's output `[c_out, l]`.
     fn apply<T: WithDType>(&self, y: &mut [T], l: usize) {
         for ((row, &a), &b) in y.chunks_mut(l).zip(&self.scale).zip(&self.shift) {

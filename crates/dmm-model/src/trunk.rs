@@ -53,15 +53,19 @@ pub fn conv2d(xs: &Tensor, conv: &Conv2d) -> Result<Tensor> {
 }
 
 /// `conv` then `bn`, then ReLU with `relu`. Training runs the convolution and the fused batch
-/// norm (+ ReLU) op; eval mode folds the batch norm into the convolution's output pass.
-fn conv_bn(xs: &Tensor, conv: &Conv2d, bn: &BatchNorm, relu: bool, train: bool) -> Result<Tensor> {
+/// norm (+ ReLU) op; eval mode folds the batch norm into the convolution's output pass, through
+/// `filters`, the convolution's Winograd-transformed filters, when given.
+fn conv_bn(xs: &Tensor, conv: &Conv2d, bn: &BatchNorm, relu: bool, train: bool, filters: Option<&Tensor>) -> Result<Tensor> {
     if train {
         let ys = conv2d(xs, conv)?;
         return if relu { bn.forward_relu_t(&ys, true) } else { bn.forward_t(&ys, true) };
     }
     let cfg = conv.config();
     let (scale, shift) = bn.eval_affine()?;
-    crate::conv::conv2d_affine(xs, conv.weight(), cfg.stride, cfg.padding, scale, shift, relu)
+    match filters {
+        Some(filters) => crate::conv::conv2d_affine_winograd(xs, conv.weight(), filters, scale, shift, relu),
+        None => crate::conv::conv2d_affine(xs, conv.weight(), cfg.stride, cfg.padding, scale, shift, relu),
+    }
 }
 
 /// `relu(a + b)` as one op, the end of every block: one pass forward, one backward (the gradient
@@ -201,16 +205,10 @@ impl Bottleneck {
     /// # Shapes
     /// `[b, c_in, h, w] → [b, 4·planes, ⌈h/stride⌉, ⌈w/stride⌉]`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = conv_bn(xs, &self.conv1, &self.bn1, true, train)?;
-        let ys = match &self.filters {
-            Some(filters) if !train => {
-                let (scale, shift) = self.bn2.eval_affine()?;
-                crate::conv::conv2d_affine_winograd(&ys, self.conv2.weight(), filters, scale, shift, true)?
-            }
-            _ => conv_bn(&ys, &self.conv2, &self.bn2, true, train)?,
-        };
+        let ys = conv_bn(xs, &self.conv1, &self.bn1, true, train, None)?;
+        let ys = conv_bn(&ys, &self.conv2, &self.bn2, true, train, self.filters.as_ref())?;
         let shortcut = match &self.downsample {
-            Some((c, b)) => conv_bn(xs, c, b, false, train)?,
+            Some((c, b)) => conv_bn(xs, c, b, false, train, None)?,
             None => xs.clone(),
         };
         if !train && xs.device().is_cpu() {
@@ -219,7 +217,7 @@ impl Bottleneck {
             let (scale, shift) = self.bn3.eval_affine()?;
             return crate::conv::conv2d_affine_add_relu(&ys, self.conv3.weight(), cfg.stride, cfg.padding, scale, shift, &shortcut);
         }
-        let ys = conv_bn(&ys, &self.conv3, &self.bn3, false, train)?;
+        let ys = conv_bn(&ys, &self.conv3, &self.bn3, false, train, None)?;
         add_relu(&ys, &shortcut)
     }
 }
@@ -281,7 +279,7 @@ impl Trunk {
         if c != 3 || h < 32 || w < 32 {
             candle_core::bail!("trunk: expected input [b, 3, h ≥ 32, w ≥ 32], got {:?}", xs.dims())
         }
-        let xs = conv_bn(xs, &self.conv1, &self.bn1, true, train)?;
+        let xs = conv_bn(xs, &self.conv1, &self.bn1, true, train, None)?;
         let mut xs = max_pool2d(&xs, 3, 2, 1)?;
         for block in self.stages.iter().flatten() {
             xs = block.forward_t(&xs, train)?;

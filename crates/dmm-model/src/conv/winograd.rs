@@ -52,9 +52,7 @@ multiversion! {
     fn input_1d<T: WithDType>(d: [&[T]; 6], dst: &mut [T], ds: usize, len: usize) {
         let [d0, d1, d2, d3, d4, d5] = d.map(|r| &r[..len]);
         let (c2, c4, c5) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(5.0));
-        let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
-        let mut next = || rows.next().expect("six destination rows");
-        let (o0, o1, o2, o3, o4, o5) = (next(), next(), next(), next(), next(), next());
+        let [o0, o1, o2, o3, o4, o5] = rows_at_mut(dst, ds, len);
         for i in 0..len {
             let (a, b, c, d, e, f) = (d0[i], d1[i], d2[i], d3[i], d4[i], d5[i]);
             o0[i] = c4 * a - c5 * c + e;
@@ -72,9 +70,7 @@ multiversion! {
     fn output_1d<T: WithDType>(m: [&[T]; 6], dst: &mut [T], ds: usize, len: usize) {
         let [m0, m1, m2, m3, m4, m5] = m.map(|r| &r[..len]);
         let (c2, c4, c8) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
-        let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
-        let mut next = || rows.next().expect("four destination rows");
-        let (o0, o1, o2, o3) = (next(), next(), next(), next());
+        let [o0, o1, o2, o3] = rows_at_mut(dst, ds, len);
         for i in 0..len {
             let (p1, q1, p2, q2) = (m1[i] + m2[i], m1[i] - m2[i], m3[i] + m4[i], m3[i] - m4[i]);
             o0[i] = m0[i] + p1 + p2;
@@ -90,9 +86,7 @@ multiversion! {
     fn filter_1d<T: WithDType>(g: [&[T]; 3], dst: &mut [T], ds: usize, len: usize) {
         let [g0, g1, g2] = g.map(|r| &r[..len]);
         let (quarter, sixth, twelfth, c24) = (T::from_f64(0.25), T::from_f64(1.0 / 6.0), T::from_f64(1.0 / 12.0), T::from_f64(1.0 / 24.0));
-        let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
-        let mut next = || rows.next().expect("six destination rows");
-        let (o0, o1, o2, o3, o4, o5) = (next(), next(), next(), next(), next(), next());
+        let [o0, o1, o2, o3, o4, o5] = rows_at_mut(dst, ds, len);
         for i in 0..len {
             let (a, b, c) = (g0[i], g1[i], g2[i]);
             let (ac6, ac24) = ((a + c) * sixth, a * c24 + c * sixth);
@@ -111,9 +105,7 @@ multiversion! {
     fn grad_output_1d<T: WithDType>(v: [&[T]; 4], dst: &mut [T], ds: usize, len: usize) {
         let [v0, v1, v2, v3] = v.map(|r| &r[..len]);
         let (c2, c4, c8) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
-        let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
-        let mut next = || rows.next().expect("six destination rows");
-        let (o0, o1, o2, o3, o4, o5) = (next(), next(), next(), next(), next(), next());
+        let [o0, o1, o2, o3, o4, o5] = rows_at_mut(dst, ds, len);
         for i in 0..len {
             let (a, b, c, d) = (v0[i], v1[i], v2[i], v3[i]);
             let (even, odd) = (a + c, b + d);
@@ -133,9 +125,7 @@ multiversion! {
     fn filter_grad_1d<T: WithDType>(u: [&[T]; 6], dst: &mut [T], ds: usize, len: usize) {
         let [u0, u1, u2, u3, u4, u5] = u.map(|r| &r[..len]);
         let (quarter, sixth, twelfth, c24) = (T::from_f64(0.25), T::from_f64(1.0 / 6.0), T::from_f64(1.0 / 12.0), T::from_f64(1.0 / 24.0));
-        let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
-        let mut next = || rows.next().expect("three destination rows");
-        let (o0, o1, o2) = (next(), next(), next());
+        let [o0, o1, o2] = rows_at_mut(dst, ds, len);
         for i in 0..len {
             let (s12, d12, s34, d34) = (u1[i] + u2[i], u2[i] - u1[i], u3[i] + u4[i], u3[i] - u4[i]);
             o0[i] = u0[i] * quarter - s12 * sixth + s34 * c24;
@@ -174,9 +164,17 @@ fn write_into<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
     }
 }
 
-/// Six rows of `src` at stride `ss`, each from `len` on.
-fn rows6<T>(src: &[T], ss: usize) -> [&[T]; 6] {
+/// `N` rows of `src` at stride `ss`, each running to the end of `src`.
+fn rows_at<T, const N: usize>(src: &[T], ss: usize) -> [&[T]; N] {
     std::array::from_fn(|r| &src[r * ss..])
+}
+
+/// The 1-D transforms' `N` destination rows: `len` elements at each multiple of `ds` in `dst`.
+/// (Inlined, so the kernels still see every row's length.)
+#[inline(always)]
+fn rows_at_mut<T, const N: usize>(dst: &mut [T], ds: usize, len: usize) -> [&mut [T]; N] {
+    let mut rows = dst.chunks_mut(ds).map(|r| &mut r[..len]);
+    std::array::from_fn(|_| rows.next().expect("a destination row for every output of the transform"))
 }
 
 /// Tiles per image below which the im2col path is faster: on small maps the transformed
@@ -247,10 +245,10 @@ pub(super) fn filters<T: WithDType>(wt: &[T], c_out: usize, c_in: usize, adjoint
             }
         }
         for j in 0..3 {
-            filter_1d([0, 1, 2].map(|i| &taps[(i * 3 + j) * cols..]), &mut half[j * 6 * cols..], cols, cols);
+            filter_1d(rows_at(&taps[j * cols..], 3 * cols), &mut half[j * 6 * cols..], cols, cols);
         }
         for yi in 0..6 {
-            filter_1d([0, 1, 2].map(|j| &half[(j * 6 + yi) * cols..]), &mut full[yi * 6 * cols..], cols, cols);
+            filter_1d(rows_at(&half[yi * cols..], 6 * cols), &mut full[yi * 6 * cols..], cols, cols);
         }
         write_into(dst, full);
     };
@@ -319,7 +317,7 @@ impl Tiles {
                 }
             }
             for xi in 0..6 {
-                input_1d(rows6(&half[xi * gt..], 6 * gt), &mut v[xi * gt..], 6 * gt, gt);
+                input_1d(rows_at(&half[xi * gt..], 6 * gt), &mut v[xi * gt..], 6 * gt, gt);
             }
         });
     }
@@ -350,10 +348,10 @@ impl Tiles {
         let (half, rest) = buf.split_at_mut(24 * t);
         let (full, row) = rest.split_at_mut(16 * t);
         for yi in 0..6 {
-            output_1d(rows6(&m[(yi * 6 * c_out + k) * gt + b * t..], c_out * gt), &mut half[yi * 4 * t..], t, t);
+            output_1d(rows_at(&m[(yi * 6 * c_out + k) * gt + b * t..], c_out * gt), &mut half[yi * 4 * t..], t, t);
         }
         for ox in 0..4 {
-            output_1d(rows6(&half[ox * t..], 4 * t), &mut full[ox * t..], 4 * t, t);
+            output_1d(rows_at(&half[ox * t..], 4 * t), &mut full[ox * t..], 4 * t, t);
         }
         if let Some(e) = epilogue {
             affine_in_place(full, T::from_f64(e.scale[k]), T::from_f64(e.shift[k]), e.relu);
@@ -410,12 +408,12 @@ impl Tiles {
                         }
                         row[..w].copy_from_slice(&src[y * w..(y + 1) * w]);
                         deinterleave4(row, phases, tx);
-                        grad_output_1d(std::array::from_fn(|q| &phases[q * tx..]), dst, gt, tx);
+                        grad_output_1d(rows_at(phases, tx), dst, gt, tx);
                     }
                 }
             }
             for xi in 0..6 {
-                grad_output_1d(std::array::from_fn(|oy| &half[(oy * 6 + xi) * gt..]), &mut dm[xi * gt..], 6 * gt, gt);
+                grad_output_1d(rows_at(&half[xi * gt..], 6 * gt), &mut dm[xi * gt..], 6 * gt, gt);
             }
         });
     }
@@ -459,10 +457,10 @@ fn filter_grad<T: WithDType>(du: &[T], pairs: usize) -> Vec<T> {
             row.copy_from_slice(&du[xi * pairs + p0..xi * pairs + p0 + len]);
         }
         for yi in 0..6 {
-            filter_grad_1d(std::array::from_fn(|xi| &points[(yi * 6 + xi) * len..]), &mut half[yi * 3 * len..], len, len);
+            filter_grad_1d(rows_at(&points[yi * 6 * len..], len), &mut half[yi * 3 * len..], len, len);
         }
         for j in 0..3 {
-            filter_grad_1d(std::array::from_fn(|yi| &half[(yi * 3 + j) * len..]), &mut taps[j * len..], 3 * len, len);
+            filter_grad_1d(rows_at(&half[j * len..], 3 * len), &mut taps[j * len..], 3 * len, len);
         }
         for (p, d) in dst.chunks_mut(9).enumerate() {
             for (q, d) in d.iter_mut().enumerate() {
