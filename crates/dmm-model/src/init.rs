@@ -3,7 +3,13 @@
 //! SplitMix64 stream keyed by `(seed, variable name)`, so the result does not depend on the order
 //! variables are visited:
 //!
-//! - convolutions: Kaiming normal, fan-out, ReLU gain (torchvision's ResNet initialisation);
+//! - convolutions: uniform on ±1/√fan_in (PyTorch's `nn.Conv2d` default, Kaiming uniform with
+//!   a = √5). torchvision's ResNet constructor overrides this with Kaiming normal (fan-out, ReLU
+//!   gain), whose filters are 6× (3×3) to 24× (1×1 reduce) larger in squared norm. Every
+//!   convolution is followed by batch norm, so a filter's scale does not change the function, only
+//!   the effective step (lr/‖w‖²): with torchvision's init, the same learning rate trains the trunk
+//!   6–24× more slowly, and measured side by side (README, "What training reaches") both dmm and
+//!   PyTorch then stall at the attribute priors from random initialisation;
 //! - linear weights and biases: uniform on ±1/√fan_in (PyTorch's `nn.Linear` default, which the
 //!   paper's PyTorch implementation used; candle-nn's Kaiming-normal weights give the linear
 //!   outputs a scale of several units against ±1 targets);
@@ -25,11 +31,10 @@ pub fn seeded(varmap: &VarMap, seed: u64) -> Result<()> {
             vec![1.0; n]
         } else if name.ends_with("running_mean") || (is_bn && name.ends_with("bias")) {
             vec![0.0; n]
-        } else if dims.len() == 4 {
-            let fan_out = dims[0] * dims[2] * dims[3];
-            normals(&mut rng, n, (2.0 / fan_out as f64).sqrt())
-        } else if dims.len() == 2 {
-            let bound = 1.0 / (dims[1] as f64).sqrt();
+        } else if dims.len() == 4 || dims.len() == 2 {
+            // Fan-in: input channels × kernel area, or a linear layer's inputs.
+            let fan_in: usize = dims[1..].iter().product();
+            let bound = 1.0 / (fan_in as f64).sqrt();
             (0..n).map(|_| ((uniform(&mut rng) * 2.0 - 1.0) * bound) as f32).collect()
         } else {
             // A linear bias: its fan-in is the weight's second dimension.
@@ -52,21 +57,6 @@ fn uniform(rng: &mut SplitMix64) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// `n` draws from N(0, std²) by Box–Muller.
-fn normals(rng: &mut SplitMix64, n: usize, std: f64) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let u1 = 1.0 - uniform(rng); // (0, 1]
-        let u2 = uniform(rng);
-        let r = (-2.0 * u1.ln()).sqrt() * std;
-        let a = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * a.cos()) as f32);
-        out.push((r * a.sin()) as f32);
-    }
-    out.truncate(n);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,10 +74,12 @@ mod tests {
         for k in ["layer2.0.conv2.weight", "subjective.fc1.bias", "layer1.0.bn1.weight"] {
             assert_eq!(get(&a, k), get(&b, k), "{k}");
         }
-        // Kaiming fan-out for layer3.0.conv2 (16 → 16 channels, 3×3): std √(2/144).
+        // PyTorch's default for layer3.0.conv2 (16 → 16 channels, 3×3): uniform on ±1/√144,
+        // variance 1/(3·144).
         let w = get(&a, "layer3.0.conv2.weight");
         let var = w.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / w.len() as f64;
-        assert!((var / (2.0 / 144.0) - 1.0).abs() < 0.15, "variance {var}");
+        assert!((var * 3.0 * 144.0 - 1.0).abs() < 0.15, "variance {var}");
+        assert!(w.iter().all(|&x| x.abs() <= 1.0 / 12.0));
         assert!(get(&a, "layer1.0.bn1.weight").iter().all(|&x| x == 1.0));
         let bias = get(&a, "objective.fc1.bias");
         assert!(bias.iter().all(|&x| x.abs() <= 1.0 / (128f32).sqrt()));

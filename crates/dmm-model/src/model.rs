@@ -58,15 +58,18 @@ impl Mlp {
         Ok(Self { layers })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// The output and the post-ReLU activations of each hidden layer (`[b, units]`, first first).
+    fn forward_hidden(&self, xs: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
+        let mut hidden = Vec::with_capacity(self.layers.len().saturating_sub(1));
         for (i, layer) in self.layers.iter().enumerate() {
             xs = crate::linear::forward(layer, &xs)?;
             if i + 1 < self.layers.len() {
                 xs = xs.relu()?;
+                hidden.push(xs.clone());
             }
         }
-        Ok(xs)
+        Ok((xs, hidden))
     }
 }
 
@@ -84,6 +87,10 @@ pub struct DmmOutput {
     pub attributes: Tensor,
     /// `[b, 2T]` landmark coordinates normalized to [0, 1] (`x / w`, `y / h`), for FLD variants.
     pub landmarks: Option<Tensor>,
+    /// The post-ReLU activations `[b, units]` of every hidden FC layer of the heads, named by
+    /// variable prefix (`objective.fc1`, `subjective.fc2`, `landmarks.fc1`, …): what the
+    /// collapse diagnostics read (a unit that is zero for every image is dead).
+    pub hidden: Vec<(String, Tensor)>,
 }
 
 /// The network.
@@ -176,6 +183,18 @@ impl DmmModel {
         Ok(Self { trunk: self.trunk.for_inference()?, ..self.clone() })
     }
 
+    /// Each attribute head by variable prefix, with the CelebA indices of the attributes it
+    /// predicts: `attributes` (all 40) for Baseline and DMM-SPP, else `objective` and `subjective`.
+    pub fn attribute_heads(&self) -> Vec<(&'static str, Vec<usize>)> {
+        match self.head {
+            Head::GlobalPool(_) | Head::SingleSpp(_) => vec![("attributes", (0..N_ATTRS).collect())],
+            Head::Grouped { .. } => {
+                let groups = &self.config.groups;
+                vec![("objective", groups.objective.clone()), ("subjective", groups.subjective.clone())]
+            }
+        }
+    }
+
     /// The trunk alone.
     pub fn trunk(&self) -> &Trunk {
         &self.trunk
@@ -194,28 +213,40 @@ impl DmmModel {
     pub fn heads(&self, features: &Tensor) -> Result<DmmOutput> {
         // SPP-1 is the first level of the 3-level pyramid (its first `c` columns): pooled once.
         let level1 = |pyramid: &Tensor| pyramid.narrow(1, 0, features.dim(1)?); // [b, c]
+        let mut hidden = Vec::new();
+        let mut keep = |prefix: &str, layers: Vec<Tensor>| {
+            hidden.extend(layers.into_iter().enumerate().map(|(i, h)| (format!("{prefix}.fc{}", i + 1), h)));
+        };
         let (attributes, spp1) = match &self.head {
             Head::GlobalPool(fc) => (crate::linear::forward(fc, &features.mean((2, 3))?)?, None),
             Head::SingleSpp(mlp) => {
                 let pyramid = spp(features, 3)?; // [b, 14·c]
-                (mlp.forward(&pyramid)?, Some(level1(&pyramid)?))
+                let (out, h) = mlp.forward_hidden(&pyramid)?;
+                keep("attributes", h);
+                (out, Some(level1(&pyramid)?))
             }
             Head::Grouped { objective, subjective, to_celeba } => {
                 let pyramid = spp(features, 3)?;
                 let spp1 = level1(&pyramid)?;
-                let obj = objective.forward(&spp1)?; // [b, 22]
-                let subj = subjective.forward(&pyramid)?; // [b, 18]
+                let (obj, h) = objective.forward_hidden(&spp1)?; // [b, 22]
+                keep("objective", h);
+                let (subj, h) = subjective.forward_hidden(&pyramid)?; // [b, 18]
+                keep("subjective", h);
                 (Tensor::cat(&[obj, subj], 1)?.index_select(to_celeba, 1)?, Some(spp1)) // [b, 40], CelebA order
             }
         };
         let landmarks = match &self.landmarks {
-            Some(mlp) => Some(mlp.forward(&match spp1 {
-                Some(spp1) => spp1,
-                None => spp(features, 1)?,
-            })?), // [b, 2T]
+            Some(mlp) => {
+                let (out, h) = mlp.forward_hidden(&match spp1 {
+                    Some(spp1) => spp1,
+                    None => spp(features, 1)?,
+                })?; // [b, 2T]
+                keep("landmarks", h);
+                Some(out)
+            }
             None => None,
         };
-        Ok(DmmOutput { attributes, landmarks })
+        Ok(DmmOutput { attributes, landmarks, hidden })
     }
 }
 
@@ -271,8 +302,8 @@ mod tests {
         let features = Tensor::randn(0f32, 1., (3, 128, 4, 3), &Device::Cpu)?;
         let out = model.heads(&features)?.attributes;
         let Head::Grouped { objective, subjective, .. } = &model.head else { unreachable!() };
-        let obj = objective.forward(&spp(&features, 1)?)?;
-        let subj = subjective.forward(&spp(&features, 3)?)?;
+        let obj = objective.forward_hidden(&spp(&features, 1)?)?.0;
+        let subj = subjective.forward_hidden(&spp(&features, 3)?)?.0;
         let groups = &model.config.groups;
         // "Male" (CelebA 20) is objective, "Young" (39) is subjective.
         let male_pos = groups.objective.iter().position(|&a| a == 20).unwrap();

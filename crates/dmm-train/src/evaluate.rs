@@ -1,5 +1,6 @@
 //! One pass of the network over an evaluation loader: attribute scores against targets with the
-//! thresholds τ, and landmark predictions against targets (see [`crate::metrics`]).
+//! thresholds τ, landmark predictions against targets, and the heads' hidden activations and
+//! output spreads for the collapse diagnostics (see [`crate::metrics`]).
 
 use candle_core::{Device, Tensor};
 use dmm_data::{Batch, Loader, N_ATTRS};
@@ -24,6 +25,12 @@ pub fn evaluate(model: &DmmModel, loader: &Loader, tau: &[f64], device: &Device)
         let scores = out.attributes.flatten_all()?.to_vec1::<f32>()?;
         debug_assert_eq!(scores.len(), batch.len() * N_ATTRS);
         eval.add_attributes(&scores, &batch.labels, tau);
+        for (layer, h) in &out.hidden {
+            eval.add_hidden(layer, &h.flatten_all()?.to_vec1::<f32>()?, h.dim(1)?);
+        }
+        if let Some(lm) = &out.landmarks {
+            eval.add_landmark_outputs(&lm.flatten_all()?.to_vec1::<f32>()?, lm.dim(1)?);
+        }
         if let (Some(lm), true) = (out.landmarks, batch.n_points > 0) {
             if lm.dim(1)? == 2 * batch.n_points {
                 let pred = lm.flatten_all()?.to_vec1::<f32>()?;

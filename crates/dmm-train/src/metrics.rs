@@ -1,6 +1,8 @@
 //! Evaluation metrics: per-attribute confusion counts (accuracy, balanced accuracy, the FP/FN
-//! counts Eq. 6 needs), per-attribute mean squared error (Eq. 2 on the evaluation set), and the
-//! landmark loss (Eq. 1) and normalized mean error (NME, by inter-ocular distance).
+//! counts Eq. 6 needs), per-attribute mean squared error (Eq. 2 on the evaluation set), the
+//! landmark loss (Eq. 1) and normalized mean error (NME, by inter-ocular distance), and the
+//! collapse diagnostics: how much each output varies across images, and which hidden units of
+//! the heads are dead (zero for every image).
 
 use dmm_data::N_ATTRS;
 
@@ -29,7 +31,53 @@ pub struct Evaluation {
     /// the standard error of the mean accuracy.
     #[serde(default)]
     pub image_accuracy_sq_sum: f64,
+    /// Per-attribute sums of the scores and of their squares (the spread across images).
+    #[serde(default)]
+    pub score_sum: Vec<f64>,
+    /// Per-attribute sums of squared scores.
+    #[serde(default)]
+    pub score_sq_sum: Vec<f64>,
+    /// Sums of each landmark output and of its square, over every image evaluated.
+    #[serde(default)]
+    pub landmark_out_sum: Vec<f64>,
+    /// Sums of each landmark output's square.
+    #[serde(default)]
+    pub landmark_out_sq_sum: Vec<f64>,
+    /// Each hidden FC layer of the heads with, per unit, the images on which it was positive.
+    #[serde(default)]
+    pub hidden: Vec<UnitActivity>,
 }
+
+/// How often each unit of one hidden layer fired.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UnitActivity {
+    /// The layer's variable prefix, e.g. `objective.fc1`.
+    pub layer: String,
+    /// Per unit, the images on which its post-ReLU activation was positive.
+    pub active: Vec<u64>,
+}
+
+/// The collapse diagnostics of one head over an evaluation set.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeadHealth {
+    /// The head's variable prefix: `objective`, `subjective`, `attributes` or `landmarks`.
+    pub head: String,
+    /// Mean over the head's outputs of their standard deviation across images.
+    pub spread: f64,
+    /// Per hidden layer, the fraction of units that were zero for every image (dead).
+    pub dead: Vec<(String, f64)>,
+    /// The outputs no longer depend on the image: `spread` is below the head's floor
+    /// ([`COLLAPSED_SPREAD`], or [`COLLAPSED_LANDMARK_SPREAD`] for landmarks), a hidden layer is
+    /// entirely dead, or every attribute of the head gives the same label to every image.
+    pub collapsed: bool,
+}
+
+/// An attribute head whose scores vary across images by less than this (targets are ±1) predicts
+/// the same label for every image: it has collapsed to the label priors.
+pub const COLLAPSED_SPREAD: f64 = 0.02;
+/// The same floor for the landmark head, in normalized coordinates (the points of aligned crops
+/// vary by about 0.02–0.05 across faces).
+pub const COLLAPSED_LANDMARK_SPREAD: f64 = 1e-3;
 
 impl Default for Evaluation {
     fn default() -> Self {
@@ -44,6 +92,11 @@ impl Default for Evaluation {
             landmark_sq_err: 0.0,
             nme_sum: 0.0,
             image_accuracy_sq_sum: 0.0,
+            score_sum: vec![0.0; N_ATTRS],
+            score_sq_sum: vec![0.0; N_ATTRS],
+            landmark_out_sum: Vec::new(),
+            landmark_out_sq_sum: Vec::new(),
+            hidden: Vec::new(),
         }
     }
 }
@@ -58,6 +111,10 @@ impl Evaluation {
             for j in 0..N_ATTRS {
                 let (s, t) = (s_row[j] as f64, t_row[j] as f64);
                 self.sq_err[j] += (s - t) * (s - t);
+                if let (Some(sum), Some(sq)) = (self.score_sum.get_mut(j), self.score_sq_sum.get_mut(j)) {
+                    *sum += s;
+                    *sq += s * s;
+                }
                 let predicted = s > tau[j];
                 right += (predicted == (t > 0.0)) as usize;
                 match (predicted, t > 0.0) {
@@ -96,6 +153,80 @@ impl Evaluation {
             self.landmark_sq_err += p.iter().zip(t).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
             self.nme_sum += nme(p, t, n_points, (h, w));
         }
+    }
+
+    /// Adds the landmark head's raw outputs (`[b, 2T]` row-major) for their spread across images,
+    /// whether or not the images have landmark targets.
+    pub fn add_landmark_outputs(&mut self, outputs: &[f32], d: usize) {
+        if self.landmark_out_sum.len() != d {
+            self.landmark_out_sum = vec![0.0; d];
+            self.landmark_out_sq_sum = vec![0.0; d];
+        }
+        for row in outputs.chunks_exact(d) {
+            for (k, &v) in row.iter().enumerate() {
+                self.landmark_out_sum[k] += v as f64;
+                self.landmark_out_sq_sum[k] += (v as f64).powi(2);
+            }
+        }
+    }
+
+    /// Adds a batch of one hidden layer's post-ReLU activations (`[b, units]` row-major).
+    pub fn add_hidden(&mut self, layer: &str, activations: &[f32], units: usize) {
+        let pos = match self.hidden.iter().position(|h| h.layer == layer) {
+            Some(pos) => pos,
+            None => {
+                self.hidden.push(UnitActivity { layer: layer.to_string(), active: vec![0; units] });
+                self.hidden.len() - 1
+            }
+        };
+        let active = &mut self.hidden[pos].active;
+        for row in activations.chunks_exact(units) {
+            for (count, &a) in active.iter_mut().zip(row) {
+                *count += (a > 0.0) as u64;
+            }
+        }
+    }
+
+    /// Per-attribute standard deviation of the scores across the images evaluated.
+    pub fn output_spreads(&self) -> Vec<f64> {
+        spreads(&self.score_sum, &self.score_sq_sum, self.n)
+    }
+
+    /// The collapse diagnostics of each head: `heads` names each attribute head with the CelebA
+    /// indices of its outputs ([`dmm_model::DmmModel::attribute_heads`]); the landmark head is
+    /// added when its outputs were recorded.
+    pub fn head_health(&self, heads: &[(&str, Vec<usize>)]) -> Vec<HeadHealth> {
+        let per_attr = self.output_spreads();
+        // An attribute whose label is the same for every image (all predicted one way).
+        let one_label = |j: usize| {
+            let positive = self.tp[j] + self.fp[j];
+            positive == 0 || positive == self.n
+        };
+        let mut named: Vec<(String, f64, f64, bool)> = heads
+            .iter()
+            .map(|(name, attrs)| {
+                let spread = attrs.iter().filter_map(|&j| per_attr.get(j)).sum::<f64>() / attrs.len().max(1) as f64;
+                (name.to_string(), spread, COLLAPSED_SPREAD, attrs.iter().all(|&j| one_label(j)))
+            })
+            .collect();
+        if !self.landmark_out_sum.is_empty() {
+            let lm = spreads(&self.landmark_out_sum, &self.landmark_out_sq_sum, self.n);
+            named.push(("landmarks".into(), mean_of(&lm), COLLAPSED_LANDMARK_SPREAD, false));
+        }
+        named
+            .into_iter()
+            .map(|(head, spread, floor, constant_labels)| {
+                let prefix = format!("{head}.");
+                let dead: Vec<(String, f64)> = self
+                    .hidden
+                    .iter()
+                    .filter(|h| h.layer.starts_with(&prefix))
+                    .map(|h| (h.layer.clone(), h.active.iter().filter(|&&c| c == 0).count() as f64 / h.active.len().max(1) as f64))
+                    .collect();
+                let collapsed = self.n > 1 && (spread < floor || constant_labels || dead.iter().any(|(_, f)| *f >= 1.0));
+                HeadHealth { head, spread, dead, collapsed }
+            })
+            .collect()
     }
 
     /// Per-attribute accuracy.
@@ -139,6 +270,12 @@ impl Evaluation {
     pub fn nme(&self) -> Option<f64> {
         (self.n_landmarks > 0).then(|| self.nme_sum / self.n_landmarks as f64)
     }
+}
+
+/// Population standard deviations from sums and sums of squares over `n` samples.
+fn spreads(sum: &[f64], sq: &[f64], n: u64) -> Vec<f64> {
+    let n = n.max(1) as f64;
+    sum.iter().zip(sq).map(|(s, q)| (q / n - (s / n).powi(2)).max(0.0).sqrt()).collect()
 }
 
 /// Mean of a per-attribute vector (0 for an empty one).
@@ -199,6 +336,43 @@ mod tests {
         let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 3.0;
         assert!((mean_of(&e.accuracies()) - mean).abs() < 1e-12);
         assert!((e.mean_accuracy_se().unwrap() - (var / 4.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn spreads_and_dead_units_by_hand() {
+        let mut e = Evaluation::default();
+        let tau = vec![0.0; N_ATTRS];
+        // Attribute 0 scores 1 and 3 (std 1); attribute 5 scores 0.5 and 0.5 (std 0); the rest -1.
+        for s0 in [1.0f32, 3.0] {
+            let mut s = vec![-1.0f32; N_ATTRS];
+            (s[0], s[5]) = (s0, 0.5);
+            e.add_attributes(&s, &[1.0; N_ATTRS], &tau);
+        }
+        let spread = e.output_spreads();
+        assert!((spread[0] - 1.0).abs() < 1e-12 && spread[5] == 0.0 && spread[7] == 0.0);
+        // Two layers of the objective head, three units each: unit 1 never fires in fc1, all of fc2 is dead.
+        e.add_hidden("objective.fc1", &[0.3, 0.0, 0.0, 0.0, 0.0, 2.0], 3);
+        e.add_hidden("objective.fc2", &[0.0; 6], 3);
+        e.add_hidden("subjective.fc1", &[1.0, 1.0, 1.0, 0.0, 0.0, 0.0], 3);
+        let health = e.head_health(&[("objective", vec![0, 5]), ("subjective", vec![7])]);
+        assert_eq!(health.len(), 2);
+        // Attribute 0 (score 1 and 3 against τ = 0) is positive for both images: every attribute
+        // of both heads gives one label to every image.
+        let labels = e.head_health(&[("attributes", vec![0])]);
+        assert!(labels[0].collapsed && labels[0].spread == 1.0, "one label for every image is a collapse");
+        let mut split = e.clone();
+        split.add_attributes(&[-2.0; N_ATTRS], &[1.0; N_ATTRS], &tau);
+        assert!(!split.head_health(&[("attributes", vec![0])])[0].collapsed, "attribute 0 now tells images apart");
+        assert!((health[0].spread - 0.5).abs() < 1e-12);
+        assert_eq!(health[0].dead, [("objective.fc1".to_string(), 1.0 / 3.0), ("objective.fc2".to_string(), 1.0)]);
+        assert!(health[0].collapsed, "a dead layer makes the outputs constant");
+        assert_eq!(health[1].dead, [("subjective.fc1".to_string(), 0.0)]);
+        assert!(health[1].collapsed, "spread 0 < {COLLAPSED_SPREAD}");
+        // Landmark outputs (d = 2): x varies by 0.01 (std), y not at all; the mean spread 0.005 is healthy.
+        e.add_landmark_outputs(&[0.49, 0.3, 0.51, 0.3], 2);
+        let lm = &e.head_health(&[])[0];
+        assert_eq!(lm.head, "landmarks");
+        assert!((lm.spread - 0.005).abs() < 1e-9 && !lm.collapsed);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::TrainConfig;
 use crate::evaluate::{evaluate, images};
-use crate::metrics::{mean_of, Evaluation};
+use crate::metrics::{mean_of, Evaluation, HeadHealth};
 use crate::optim::Sgd;
 use crate::run::{append_line, truncate_records, write_atomic, RunDir};
 use crate::{Error, Result};
@@ -90,6 +90,12 @@ pub struct Record {
     pub tau: Vec<f64>,
     /// Whether this is the final evaluation of the run.
     pub last: bool,
+    /// Per-attribute standard deviation of the scores across the evaluated images.
+    #[serde(default)]
+    pub output_spread: Vec<f64>,
+    /// Per head: the spread of its outputs, its dead hidden units, and whether it has collapsed.
+    #[serde(default)]
+    pub heads: Vec<HeadHealth>,
 }
 
 /// How a call to [`train`] ended.
@@ -286,24 +292,41 @@ fn progress(total: u64, done: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Forward, joint loss (Eq. 3), backward and an SGD step. Returns the joint loss.
-fn train_step(config: &TrainConfig, model: &DmmModel, sgd: &mut Sgd, state: &mut TrainState, batch: &dmm_data::Batch, device: &Device) -> Result<f64> {
+/// The joint loss of Eq. 3 on one batch, and the per-attribute losses of Eq. 2 (`[40]`).
+pub struct JointLoss {
+    /// Σ_j λ_j·MSE_j + β·MSE_FLD, a scalar to differentiate.
+    pub loss: Tensor,
+    /// Per-attribute MSE over the batch (Eq. 2), `[40]`.
+    pub per_attribute: Tensor,
+}
+
+/// Eq. 3: `Σ_j λ_j·L_j + β·L_FLD` with `L_j` the batch MSE of attribute j on ±1 targets (Eq. 2)
+/// and `L_FLD` the mean over the images that have landmarks of ‖ŷ − y‖² (Eq. 1); images without
+/// landmarks are masked out, and a batch without any has no landmark term.
+pub fn joint_loss(out: &dmm_model::DmmOutput, batch: &dmm_data::Batch, lambda: &[f64], beta: f64, device: &Device) -> Result<JointLoss> {
     let b = batch.len();
-    let out = model.forward_t(&images(batch, device)?, true)?;
-    let targets = Tensor::from_slice(&batch.labels, (b, N_ATTRS), device)?;
-    let per_attr = (out.attributes - targets)?.sqr()?.mean(0)?; // [40], Eq. 2
-    let lambda: Vec<f32> = state.weighting.weights().iter().map(|&x| x as f32).collect();
-    let mut loss = (&per_attr * Tensor::from_vec(lambda, N_ATTRS, device)?)?.sum_all()?;
+    // The network's dtype (f32 in training; f64 in the parity checks).
+    let dtype = out.attributes.dtype();
+    let targets = Tensor::from_slice(&batch.labels, (b, N_ATTRS), device)?.to_dtype(dtype)?;
+    let per_attribute = (&out.attributes - targets)?.sqr()?.mean(0)?; // [40], Eq. 2
+    let mut loss = (&per_attribute * Tensor::from_slice(lambda, N_ATTRS, device)?.to_dtype(dtype)?)?.sum_all()?;
     let n_with = batch.landmark_mask.iter().filter(|&&m| m > 0.0).count();
-    if let (Some(lm), true) = (out.landmarks, n_with > 0) {
+    if let (Some(lm), true) = (&out.landmarks, n_with > 0) {
         if lm.dim(1)? == 2 * batch.n_points {
-            let target = Tensor::from_slice(&batch.landmarks, (b, 2 * batch.n_points), device)?;
-            let mask = Tensor::from_slice(&batch.landmark_mask, b, device)?;
+            let target = Tensor::from_slice(&batch.landmarks, (b, 2 * batch.n_points), device)?.to_dtype(dtype)?;
+            let mask = Tensor::from_slice(&batch.landmark_mask, b, device)?.to_dtype(dtype)?;
             let per_image = (lm - target)?.sqr()?.sum(1)?; // ‖ŷ − y‖², Eq. 1
             let fld = ((per_image * mask)?.sum_all()? / n_with as f64)?;
-            loss = (loss + (fld * config.beta)?)?;
+            loss = (loss + (fld * beta)?)?;
         }
     }
+    Ok(JointLoss { loss, per_attribute })
+}
+
+/// Forward, joint loss (Eq. 3), backward and an SGD step. Returns the joint loss.
+fn train_step(config: &TrainConfig, model: &DmmModel, sgd: &mut Sgd, state: &mut TrainState, batch: &dmm_data::Batch, device: &Device) -> Result<f64> {
+    let out = model.forward_t(&images(batch, device)?, true)?;
+    let JointLoss { loss, per_attribute } = joint_loss(&out, batch, state.weighting.weights(), config.beta, device)?;
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !value.is_finite() {
         return Err(Error::Config(format!(
@@ -313,7 +336,7 @@ fn train_step(config: &TrainConfig, model: &DmmModel, sgd: &mut Sgd, state: &mut
     }
     let grads = loss.backward()?;
     sgd.step(&grads, state.plateau.lr, config.grad_clip)?;
-    let per_attr: Vec<f64> = per_attr.to_dtype(DType::F64)?.to_vec1()?;
+    let per_attr: Vec<f64> = per_attribute.to_dtype(DType::F64)?.to_vec1()?;
     state.weighting.on_train_batch(&per_attr);
     state.train_loss_sum += value;
     state.train_batches += 1;
@@ -350,6 +373,12 @@ fn evaluation_step(config: &TrainConfig, model: &DmmModel, eval_loader: &Loader,
     let accuracies = ev.accuracies();
     let balanced = ev.balanced_accuracies();
     let train_loss = (state.train_batches > 0).then(|| state.train_loss_sum / state.train_batches as f64);
+    let mut heads = ev.head_health(&model.attribute_heads());
+    if state.iteration == 0 {
+        // Nothing has trained yet: an untrained network (running statistics still 0 and 1) may
+        // give nearly the same scores to every image without anything having collapsed.
+        heads.iter_mut().for_each(|h| h.collapsed = false);
+    }
     state.train_loss_sum = 0.0;
     state.train_batches = 0;
     Ok(Record {
@@ -371,6 +400,8 @@ fn evaluation_step(config: &TrainConfig, model: &DmmModel, eval_loader: &Loader,
         lambda: state.weighting.weights().to_vec(),
         tau: state.thresholds.tau.clone(),
         last,
+        output_spread: ev.output_spreads(),
+        heads,
     })
 }
 
@@ -409,13 +440,34 @@ fn finish_evaluation(
         record.nme.map(|n| format!("  NME {n:.4}")).unwrap_or_default(),
         if improved { "  (best)" } else { "" }
     );
+    let warning = collapse_warning(&record.heads);
     // A hidden bar (stderr is not a terminal) drops println, so log directly then.
-    if quiet || bar.is_hidden() {
-        eprintln!("{msg}");
-    } else {
-        bar.println(msg);
+    for line in std::iter::once(msg).chain(warning) {
+        if quiet || bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
     }
     Ok(())
+}
+
+/// One line naming the heads whose outputs no longer depend on the image, if any.
+pub fn collapse_warning(heads: &[HeadHealth]) -> Option<String> {
+    let collapsed: Vec<String> = heads
+        .iter()
+        .filter(|h| h.collapsed)
+        .map(|h| {
+            let worst = h.dead.iter().map(|(_, f)| *f).fold(0.0, f64::max);
+            format!("{} (output spread {:.4}, {:.0}% of a hidden layer dead)", h.head, h.spread, 100.0 * worst)
+        })
+        .collect();
+    (!collapsed.is_empty()).then(|| {
+        format!(
+            "warning: collapsed: the outputs of {} barely depend on the image, so it predicts the label priors; lower --lr or check the init",
+            collapsed.join(", ")
+        )
+    })
 }
 
 /// Creates the run directory and `config.json`, or checks that a resumed run has the same config.
