@@ -1,8 +1,9 @@
-//! Training learns: every variant of Table 1 and every weighting scheme of Table 2 overfits 64
-//! bundled CelebA training images, through the real [`train`] loop, to a training-set mean
-//! accuracy of at least 0.97 and a mean balanced accuracy of at least 0.9, with no head collapsed.
-//! A recipe whose heads die (the outputs stop depending on the image, and every attribute sits at
-//! its majority label: about 0.80 mean and 0.50 balanced here) fails this.
+//! Training learns: every variant of Table 1 and every weighting scheme of Table 2 overfits 32
+//! bundled CelebA training images, through the real [`train`] loop (300 steps of 16 images at
+//! width 4, 64×52 input, lr 0.001), to a training-set mean accuracy of at least 0.97 and a mean
+//! balanced accuracy of at least 0.9, with no head collapsed. A recipe whose heads die (the outputs
+//! stop depending on the image, and every attribute sits at its majority label: about 0.80 mean
+//! and 0.50 balanced) fails this: with 64 images and lr 0.003, DMM-CNN ended at 0.83 and 0.50.
 
 use std::path::Path;
 
@@ -11,21 +12,23 @@ use dmm_model::Variant;
 use dmm_policy::Scheme;
 use dmm_train::{train, Record, RunDir, TrainConfig, TrainOptions};
 
-/// The 64 images, the network and the fixed budget of steps.
+/// The 32 images, the network and the fixed budget of steps: 150 epochs of two batches, with an
+/// evaluation on the same images every 50 steps, so that the thresholds (AT) and the weights
+/// (DW from the third evaluation on) change during training as they do in real runs.
 fn config(variant: Variant, weighting: Option<Scheme>) -> TrainConfig {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/celeba");
     let smoke = TrainConfig::preset("smoke", DatasetKind::CelebA, root).unwrap();
-    let env = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     TrainConfig {
         variant,
         weighting,
-        width: env("W", 4.0) as usize,
+        width: 4,
+        input_size: Some((64, 52)),
         batch_size: 16,
-        epochs: env("E", 40.0) as usize,
-        eval_every: env("P", 40.0) as usize,
-        sgd: dmm_policy::SgdConfig { lr: env("LR", 0.001), ..smoke.sgd },
-        max_train: Some(64),
-        max_eval: Some(64),
+        epochs: 150,
+        eval_every: 50,
+        sgd: dmm_policy::SgdConfig { lr: 0.001, ..smoke.sgd },
+        max_train: Some(32),
+        max_eval: Some(32),
         eval_split: Split::Train,
         ..smoke
     }
@@ -55,14 +58,14 @@ fn overfit(variant: Variant, weighting: Option<Scheme>) -> Record {
 }
 
 #[test]
-fn every_variant_overfits_64_images() {
+fn every_variant_overfits_32_images() {
     for variant in Variant::ALL {
         overfit(variant, None);
     }
 }
 
 #[test]
-fn every_weighting_scheme_overfits_64_images() {
+fn every_weighting_scheme_overfits_32_images() {
     for scheme in [Scheme::Uw, Scheme::dwa(), Scheme::aw()] {
         overfit(Variant::DmmCnn, Some(scheme));
     }
