@@ -372,7 +372,7 @@ mod tests {
         e.add_landmark_outputs(&[0.49, 0.3, 0.51, 0.3], 2);
         let lm = &e.head_health(&[])[0];
         assert_eq!(lm.head, "landmarks");
-        assert!((lm.spread - 0.005).abs() < 1e-9 && !lm.collapsed);
+        assert!((lm.spread - 0.005).abs() < 1e-6 && !lm.collapsed, "{lm:?}");
     }
 
     #[test]
