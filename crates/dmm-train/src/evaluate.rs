@@ -29,11 +29,10 @@ pub fn evaluate(model: &DmmModel, loader: &Loader, tau: &[f64], device: &Device)
             eval.add_hidden(layer, &h.flatten_all()?.to_vec1::<f32>()?, h.dim(1)?);
         }
         if let Some(lm) = &out.landmarks {
-            eval.add_landmark_outputs(&lm.flatten_all()?.to_vec1::<f32>()?, lm.dim(1)?);
-        }
-        if let (Some(lm), true) = (out.landmarks, batch.n_points > 0) {
-            if lm.dim(1)? == 2 * batch.n_points {
-                let pred = lm.flatten_all()?.to_vec1::<f32>()?;
+            // Copied to the host once: for the outputs' spread, and against the targets.
+            let (pred, d) = (lm.flatten_all()?.to_vec1::<f32>()?, lm.dim(1)?);
+            eval.add_landmark_outputs(&pred, d);
+            if batch.n_points > 0 && d == 2 * batch.n_points {
                 let [_, _, h, w] = batch.shape;
                 eval.add_landmarks(&pred, &batch.landmarks, &batch.landmark_mask, batch.n_points, (h, w));
             }
