@@ -83,8 +83,8 @@ class Baseline(nn.Module):
 
 
 class DmmCnn(Dmm):
-    def __init__(self, w, groups):
-        super().__init__(w, 68, groups)
+    def __init__(self, w, groups, norm=True):
+        super().__init__(w, 68, groups, norm)
         del self.trunk.fc
 
     def forward(self, x):
@@ -126,6 +126,7 @@ def main():
     p.add_argument("--patience", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-head-norm", action="store_true", help="DMM-CNN without batch norm between SPP and FC (the control)")
     p.add_argument("--json", help="write the summary here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -139,7 +140,7 @@ def main():
         data[name] = (load(a.root, names, size), torch.tensor([labels[n] for n in names]))
     print(f"loaded {', '.join(f'{k} {len(v[0])}' for k, v in data.items())} in {time.time() - started:.0f} s", flush=True)
     dmm = a.variant == "dmm-cnn"
-    model = DmmCnn(a.width, read_groups()) if dmm else Baseline(a.width)
+    model = DmmCnn(a.width, read_groups(), not a.no_head_norm) if dmm else Baseline(a.width)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     lam, tau, prev = torch.ones(40), torch.zeros(40), None
     lr, best_loss, bad = a.lr, None, 0
@@ -202,7 +203,7 @@ def main():
     maj_acc = (yte == majority).double().mean().item()
     out = {"variant": a.variant, "width": a.width, "size": a.size, "batch": a.batch, "epochs": a.epochs, "lr": a.lr,
            "wall_seconds": train_seconds, "best_val_acc": best[0], "test_acc": test["acc"], "test_bal": test["bal"],
-           "majority_test_acc": maj_acc, "records": records}
+           "majority_test_acc": maj_acc, "head_norm": dmm and not a.no_head_norm, "records": records}
     print(f"test mean accuracy {test['acc']:.4f}, balanced {test['bal']:.4f} (majority {maj_acc:.4f}); {train_seconds / 60:.1f} min")
     if a.json:
         with open(a.json, "w") as f:

@@ -27,7 +27,9 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Flip each image horizontally with probability ½ (training augmentation).
     pub random_flip: bool,
-    /// Drop the last batch when it is smaller than `batch_size`; otherwise yield it.
+    /// Drop the last batch when it is smaller than `batch_size` and at least one full batch
+    /// exists; otherwise yield it. Training drops it: a batch of a few images gives batch norm
+    /// noisy statistics, and its running averages then move the evaluation's scores.
     pub drop_last: bool,
     /// Seed of the shuffle and flip decisions.
     pub seed: u64,
@@ -38,14 +40,15 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
-    /// Training defaults: shuffled, random flips, last partial batch kept, 4 batches of prefetch.
+    /// Training defaults: shuffled, random flips, last partial batch dropped (another shuffle
+    /// draws other images into it next epoch), 4 batches of prefetch.
     pub fn train(batch_size: usize, seed: u64) -> Self {
-        Self { batch_size, shuffle: true, random_flip: true, drop_last: false, seed, prefetch: 4, transform: Transform::default() }
+        Self { batch_size, shuffle: true, random_flip: true, drop_last: true, seed, prefetch: 4, transform: Transform::default() }
     }
 
     /// Evaluation defaults: list order, no augmentation, every sample exactly once.
     pub fn eval(batch_size: usize) -> Self {
-        Self { shuffle: false, random_flip: false, ..Self::train(batch_size, 0) }
+        Self { shuffle: false, random_flip: false, drop_last: false, ..Self::train(batch_size, 0) }
     }
 }
 
@@ -131,7 +134,7 @@ impl Loader {
     /// Batches per epoch.
     pub fn n_batches(&self) -> usize {
         let (n, b) = (self.items.len(), self.config.batch_size);
-        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+        if self.config.drop_last && n >= b { n / b } else { n.div_ceil(b) }
     }
 
     /// Image name (relative path) of sample `index` (see [`Batch::indices`]).

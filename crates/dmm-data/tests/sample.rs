@@ -70,7 +70,7 @@ fn batches(loader: &Loader, epoch: u64, from: usize) -> Vec<dmm_data::Batch> {
 #[test]
 fn loader_covers_every_sample_once_and_is_deterministic() {
     let ds = celeba();
-    let mut cfg = LoaderConfig::train(64, 42);
+    let mut cfg = LoaderConfig { drop_last: false, ..LoaderConfig::train(64, 42) };
     cfg.transform = Transform { size: Some((64, 52)), ..Default::default() };
     let loader = Loader::new(&ds, Split::Val, cfg.clone()).unwrap();
     assert_eq!((loader.n_samples(), loader.n_batches()), (60, 1));
@@ -91,9 +91,12 @@ fn loader_covers_every_sample_once_and_is_deterministic() {
     assert_eq!(batches(&loader, 0, 3), e0[3..]);
     // Another epoch reshuffles.
     assert_ne!(batches(&loader, 1, 0)[0].indices, e0[0].indices);
-    // drop_last drops the partial batch.
-    let dl = Loader::new(&ds, Split::Train, LoaderConfig { drop_last: true, ..cfg }).unwrap();
+    // drop_last (training's default) drops the partial batch, unless it is the only one.
+    assert!(LoaderConfig::train(64, 42).drop_last);
+    let dl = Loader::new(&ds, Split::Train, LoaderConfig { drop_last: true, ..cfg.clone() }).unwrap();
     assert_eq!(batches(&dl, 0, 0).len(), 4);
+    let small = Loader::new(&ds, Split::Val, LoaderConfig { drop_last: true, ..cfg }).unwrap();
+    assert_eq!(batches(&small, 0, 0).iter().map(|b| b.len()).collect::<Vec<_>>(), [60]);
 }
 
 #[test]

@@ -20,8 +20,9 @@ pub const METADATA_KEY: &str = "dmm";
 /// Name prefix of tensors that are not model variables (a trainer's optimizer state); [`load`]
 /// skips them.
 pub const EXTRA_PREFIX: &str = "extra.";
-/// Version of the metadata layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the layout. 2: the SPP heads start with batch norm (`<head>.bn.*`); format 1
+/// networks lack those variables and cannot be loaded into today's heads.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Everything besides the weights that prediction needs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -134,7 +135,10 @@ pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>> {
     let meta: CheckpointMeta =
         serde_json::from_str(&json).map_err(|e| Error::format(path, format!("invalid dmm metadata: {e}")))?;
     if meta.format != FORMAT_VERSION {
-        return Err(Error::format(path, format!("checkpoint format {} is not supported (expected {FORMAT_VERSION})", meta.format)));
+        return Err(Error::format(path, format!(
+            "checkpoint format {} is not supported (expected {FORMAT_VERSION}; format 1 heads had no batch norm: retrain with this dmm)",
+            meta.format
+        )));
     }
     if meta.thresholds.len() != meta.attributes.len() {
         return Err(Error::format(path, format!("{} thresholds for {} attributes", meta.thresholds.len(), meta.attributes.len())));

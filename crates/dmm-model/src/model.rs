@@ -1,10 +1,16 @@
 //! DMM-CNN (paper §3.2, Fig. 2): the trunk feeding an attribute head chosen by the [`Variant`] and,
 //! for variants with the auxiliary task, the landmark (FLD) head.
 //!
-//! - Objective branch: SPP-1 → FC 1024 → ReLU → FC 22 (§3.2.1).
-//! - Subjective branch: SPP-3 → FC 2048 → ReLU → FC 1024 → ReLU → FC 18 (§3.2.1).
-//! - FLD branch: SPP-1 → FC 1024 → ReLU → FC 2T (§3.2.3; T from the data, 68 for dlib).
+//! - Objective branch: SPP-1 → BN → FC 1024 → ReLU → FC 22 (§3.2.1).
+//! - Subjective branch: SPP-3 → BN → FC 2048 → ReLU → FC 1024 → ReLU → FC 18 (§3.2.1).
+//! - FLD branch: SPP-1 → BN → FC 1024 → ReLU → FC 2T (§3.2.3; T from the data, 68 for dlib).
 //! - Baseline: global average pool → FC 40.
+//!
+//! The paper does not say what sits between SPP and the first FC layer. Here it is batch norm
+//! over the pooled features (`<head>.bn`): they come after the trunk's last ReLU, all positive
+//! and alike from image to image, so without centring one SGD step moves a hidden unit's input
+//! by nearly the same amount for every image, and from scratch most hidden ReLUs die for every
+//! image within a few dozen steps (measured: README, "What training reaches so far").
 //!
 //! FC sizes scale with `width / 64` so reduced presets keep the topology. Outputs are linear;
 //! attributes come back in CelebA order whatever the grouping.
@@ -13,6 +19,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use dmm_data::{AttributeGroups, N_ATTRS};
 
+use crate::norm::BatchNorm2d;
 use crate::pool::{spp, spp_bins};
 use crate::trunk::{trunk_channels, Trunk};
 use crate::variant::{AttributeHead, Variant};
@@ -42,9 +49,11 @@ impl ModelConfig {
     }
 }
 
-/// A stack of FC layers with ReLU between them (not after the last).
+/// An SPP head: batch norm over the pooled features, then FC layers with ReLU between them (not
+/// after the last).
 #[derive(Debug, Clone)]
 struct Mlp {
+    norm: BatchNorm2d,
     layers: Vec<Linear>,
 }
 
@@ -55,12 +64,14 @@ impl Mlp {
             .enumerate()
             .map(|(i, io)| linear(io[0], io[1], vb.pp(format!("fc{}", i + 1))))
             .collect::<Result<_>>()?;
-        Ok(Self { layers })
+        Ok(Self { norm: BatchNorm2d::new(sizes[0], vb.pp("bn"))?, layers })
     }
 
-    /// The output and the post-ReLU activations of each hidden layer (`[b, units]`, first first).
-    fn forward_hidden(&self, xs: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
-        let mut xs = xs.clone();
+    /// The output and the post-ReLU activations of each hidden layer (`[b, units]`, first first);
+    /// `train` selects batch-norm mode.
+    fn forward_hidden(&self, xs: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        let (b, n) = xs.dims2()?;
+        let mut xs = self.norm.forward_t(&xs.reshape((b, n, 1, 1))?, train)?.reshape((b, n))?;
         let mut hidden = Vec::with_capacity(self.layers.len().saturating_sub(1));
         for (i, layer) in self.layers.iter().enumerate() {
             xs = crate::linear::forward(layer, &xs)?;
@@ -206,11 +217,11 @@ impl DmmModel {
     /// `[b, 3, h, w] → attributes [b, 40], landmarks [b, 2T]`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<DmmOutput> {
         let features = self.trunk.forward_t(xs, train)?; // [b, 32·width, h', w']
-        self.heads(&features)
+        self.heads(&features, train)
     }
 
-    /// The heads on a trunk feature map.
-    pub fn heads(&self, features: &Tensor) -> Result<DmmOutput> {
+    /// The heads on a trunk feature map; `train` selects batch-norm mode.
+    pub fn heads(&self, features: &Tensor, train: bool) -> Result<DmmOutput> {
         // SPP-1 is the first level of the 3-level pyramid (its first `c` columns): pooled once.
         let level1 = |pyramid: &Tensor| pyramid.narrow(1, 0, features.dim(1)?); // [b, c]
         let mut hidden = Vec::new();
@@ -221,26 +232,27 @@ impl DmmModel {
             Head::GlobalPool(fc) => (crate::linear::forward(fc, &features.mean((2, 3))?)?, None),
             Head::SingleSpp(mlp) => {
                 let pyramid = spp(features, 3)?; // [b, 14·c]
-                let (out, h) = mlp.forward_hidden(&pyramid)?;
+                let (out, h) = mlp.forward_hidden(&pyramid, train)?;
                 keep("attributes", h);
                 (out, Some(level1(&pyramid)?))
             }
             Head::Grouped { objective, subjective, to_celeba } => {
                 let pyramid = spp(features, 3)?;
                 let spp1 = level1(&pyramid)?;
-                let (obj, h) = objective.forward_hidden(&spp1)?; // [b, 22]
+                let (obj, h) = objective.forward_hidden(&spp1, train)?; // [b, 22]
                 keep("objective", h);
-                let (subj, h) = subjective.forward_hidden(&pyramid)?; // [b, 18]
+                let (subj, h) = subjective.forward_hidden(&pyramid, train)?; // [b, 18]
                 keep("subjective", h);
                 (Tensor::cat(&[obj, subj], 1)?.index_select(to_celeba, 1)?, Some(spp1)) // [b, 40], CelebA order
             }
         };
         let landmarks = match &self.landmarks {
             Some(mlp) => {
-                let (out, h) = mlp.forward_hidden(&match spp1 {
+                let input = match spp1 {
                     Some(spp1) => spp1,
                     None => spp(features, 1)?,
-                })?; // [b, 2T]
+                };
+                let (out, h) = mlp.forward_hidden(&input, train)?; // [b, 2T]
                 keep("landmarks", h);
                 Some(out)
             }
@@ -300,10 +312,10 @@ mod tests {
     fn grouped_outputs_land_in_celeba_order() -> Result<()> {
         let (model, _) = DmmModel::fresh(&config(Variant::DmmCnn), &Device::Cpu)?;
         let features = Tensor::randn(0f32, 1., (3, 128, 4, 3), &Device::Cpu)?;
-        let out = model.heads(&features)?.attributes;
+        let out = model.heads(&features, false)?.attributes;
         let Head::Grouped { objective, subjective, .. } = &model.head else { unreachable!() };
-        let obj = objective.forward_hidden(&spp(&features, 1)?)?.0;
-        let subj = subjective.forward_hidden(&spp(&features, 3)?)?.0;
+        let obj = objective.forward_hidden(&spp(&features, 1)?, false)?.0;
+        let subj = subjective.forward_hidden(&spp(&features, 3)?, false)?.0;
         let groups = &model.config.groups;
         // "Male" (CelebA 20) is objective, "Young" (39) is subjective.
         let male_pos = groups.objective.iter().position(|&a| a == 20).unwrap();

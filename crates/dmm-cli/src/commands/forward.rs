@@ -28,7 +28,7 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(w == ckpt.meta.model.width, "--width {w} contradicts the checkpoint's width {}", ckpt.meta.model.width);
         }
         let features = ckpt.model.trunk().forward_t(&input, false)?;
-        let out = ckpt.model.heads(&features)?;
+        let out = ckpt.model.heads(&features, false)?;
         outputs.push(("trunk".into(), features));
         outputs.push(("attributes".into(), out.attributes));
         if let Some(l) = out.landmarks {
