@@ -203,7 +203,10 @@ pub fn write_report(settings: &Settings, command: &str) -> anyhow::Result<(PathB
     let _ = writeln!(md, "| τ/λ evaluation set | {} | {} |", eval_of(Ds::Celeba), eval_of(Ds::Lfwa));
     let cfg_of = |ds: Ds| find(ds, "dmm-cnn").map(|r| describe_config(&r.config)).unwrap_or("—".into());
     let _ = writeln!(md, "| DMM-CNN run | {} | {} |", cfg_of(Ds::Celeba), cfg_of(Ds::Lfwa));
-    let _ = writeln!(md, "| start | {} | fine-tuned from the CelebA run of the same name |\n", settings.backbone.as_deref().map(|b| format!("ImageNet trunk `{b}`")).unwrap_or("random initialisation (no ImageNet weights)".into()));
+    // What the CelebA runs started from, as their own config says (a preset may set a trunk).
+    let backbone = find(Ds::Celeba, "dmm-cnn").and_then(|r| r.config.get("backbone")?.as_str().map(String::from)).or(settings.backbone.clone());
+    let start = backbone.map(|b| format!("the trunk of `{b}`")).unwrap_or("random initialisation (no ImageNet weights)".into());
+    let _ = writeln!(md, "| start | {start} | fine-tuned from the CelebA run of the same name |\n");
     let _ = writeln!(md, "Machine: {}.\n", machine());
 
     // Table 1.

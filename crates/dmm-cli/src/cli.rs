@@ -180,9 +180,11 @@ pub struct TrainArgs {
     /// Landmark CSV to train the landmark head on (default: ROOT/landmarks.csv if present).
     #[arg(long, value_name = "FILE.csv")]
     pub landmarks: Option<PathBuf>,
-    /// ImageNet trunk weights to start from: a safetensors file or hf://owner/name[@rev][/file]
-    /// (torchvision/timm names, e.g. hf://timm/resnet50.a1_in1k at width 64).
-    #[arg(long, value_name = "FILE|hf://…")]
+    /// Trunk weights to start from: a safetensors file or hf://owner/name[@rev][/file]
+    /// (torchvision/timm names, e.g. hf://timm/resnet50.a1_in1k at width 64; a dmm checkpoint's
+    /// trunk also fits), or `none` for random initialisation. Preset mini starts from the
+    /// bundled data/pretrained/celeba-baseline-w8.safetensors; the others from random.
+    #[arg(long, value_name = "FILE|hf://…|none")]
     pub backbone: Option<String>,
     /// Start from a trained dmm checkpoint (fine-tuning, e.g. LFWA from CelebA).
     #[arg(long, value_name = "CKPT", conflicts_with = "backbone")]

@@ -193,7 +193,12 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
             copy_vars(&ckpt.varmap, &varmap)?;
         } else if let Some(backbone) = &config.backbone {
             let source: dmm_model::WeightSource = backbone.parse()?;
-            let path = source.resolve(options.offline, None)?;
+            let path = source.resolve(options.offline, None).map_err(|e| match backbone.as_str() {
+                crate::config::MINI_BACKBONE => Error::Config(format!(
+                    "{e}: preset mini starts from this bundled trunk; run from the repository root, or pass --backbone FILE (or none)"
+                )),
+                _ => e.into(),
+            })?;
             let report = load_trunk(&varmap, &path)?;
             say(format!("loaded {} trunk tensors from {}", report.loaded, path.display()));
         }

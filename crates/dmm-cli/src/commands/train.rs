@@ -24,7 +24,9 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<Option<(usize, usize)>> {
 pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = TrainConfig::preset(&args.preset, args.dataset.into(), args.root.clone())?;
     cfg.variant = args.variant.parse().map_err(anyhow::Error::msg)?;
-    cfg.backbone = args.backbone;
+    if let Some(b) = args.backbone {
+        cfg.backbone = (b != "none").then_some(b);
+    }
     cfg.landmarks = args.landmarks;
     cfg.init = args.init;
     if let Some(w) = args.weighting {
