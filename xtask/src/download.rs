@@ -82,23 +82,30 @@ impl Source {
         match self {
             Source::Dir(dir) => Ok(Some(dir.join(file)).filter(|p| p.is_file())),
             Source::Hub { repo, revision, offline, cache } => {
-                let mut builder = hf_hub::HFClient::builder();
-                if let Some(c) = cache {
-                    builder = builder.cache_dir(c);
+                let cache = hf_hub::Cache::new(cache.clone().unwrap_or_else(hub_cache_dir));
+                let hub_repo = hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Dataset, revision.clone().unwrap_or_else(|| "main".into()));
+                if let Some(path) = cache.repo(hub_repo.clone()).get(file) {
+                    return Ok(Some(path));
                 }
-                let client = builder.build_sync().context("starting the Hugging Face client")?;
-                let (owner, name) = repo.split_once('/').expect("parsed as owner/name");
+                if *offline {
+                    bail!("hf://datasets/{repo}/{file}: not in the Hugging Face cache {} (offline: only the local Hugging Face cache was searched)", cache.path().display());
+                }
                 eprintln!("fetching {file} from hf://datasets/{repo} …");
-                match client.dataset(owner, name).download_file().filename(file.to_string()).maybe_revision(revision.clone()).local_files_only(*offline).send() {
-                    Ok(p) => Ok(Some(p)),
-                    Err(e) => {
-                        let hint = if *offline { " (offline: only the local Hugging Face cache was searched)" } else { "" };
-                        Err(anyhow::anyhow!("hf://datasets/{repo}/{file}: {e}{hint}"))
-                    }
-                }
+                let api = hf_hub::api::sync::ApiBuilder::from_cache(cache).build().context("starting the Hugging Face client")?;
+                let path = api.repo(hub_repo).download(file).with_context(|| format!("hf://datasets/{repo}/{file}"))?;
+                Ok(Some(path))
             }
         }
     }
+}
+
+/// The Hugging Face cache folder: `HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (as dmm-model's `weights::hub_cache_dir`; xtask does not link dmm-model).
+fn hub_cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("HF_HUB_CACHE")
+        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
+        .unwrap_or_else(|| var("HOME").unwrap_or_default().join(".cache/huggingface/hub"))
 }
 
 /// Fetches, verifies and unpacks `entries` into `out`. Already-complete parts are kept.

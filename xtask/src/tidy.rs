@@ -1,10 +1,73 @@
 //! `cargo xtask tidy`: source hygiene that CI checks through `cargo test` — every `.rs` file
-//! opens with a `//!` doc saying what it is.
+//! opens with a `//!` doc saying what it is, and every crate depends only on the dmm crates below
+//! it ([`LAYERS`], docs/architecture.md).
 
 use std::path::{Path, PathBuf};
 
-/// Returns one line per `.rs` file under `crates/` and `xtask/` that does not start with `//!`.
+/// The dmm crates each crate may depend on (`[dependencies]`; tests and benchmarks may use more).
+/// Data and model stand side by side on `dmm-core`: building the model never compiles the image
+/// decoders, and the data crate never sees a tensor.
+pub const LAYERS: &[(&str, &[&str])] = &[
+    ("dmm-core", &[]),
+    ("dmm-data", &["dmm-core"]),
+    ("dmm-policy", &["dmm-core"]),
+    ("dmm-model", &["dmm-core"]),
+    ("dmm-landmarks", &["dmm-core", "dmm-data"]),
+    ("dmm-train", &["dmm-core", "dmm-data", "dmm-model", "dmm-policy"]),
+    ("dmm-cli", &["dmm-core", "dmm-data", "dmm-landmarks", "dmm-model", "dmm-policy", "dmm-train"]),
+    ("xtask", &["dmm-core", "dmm-data"]),
+];
+
+/// Returns one line per `.rs` file under `crates/` and `xtask/` that does not start with `//!`,
+/// and one per dmm dependency that breaks [`LAYERS`].
 pub fn tidy(root: &Path) -> anyhow::Result<Vec<String>> {
+    let mut problems = module_docs(root)?;
+    problems.extend(layering(root)?);
+    Ok(problems)
+}
+
+/// The `dmm-*` names in the `[dependencies]` table of a Cargo.toml.
+fn dmm_dependencies(manifest: &str) -> Vec<String> {
+    let mut in_deps = false;
+    let mut deps = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+        } else if in_deps && line.starts_with("dmm-") {
+            let name: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            deps.push(name);
+        }
+    }
+    deps
+}
+
+/// Checks every crate with a Cargo.toml under `crates/`, and `xtask/`, against [`LAYERS`].
+fn layering(root: &Path) -> anyhow::Result<Vec<String>> {
+    let mut manifests = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).map_err(|e| anyhow::anyhow!("{}: {e}", root.join("crates").display()))? {
+        manifests.push(entry?.path().join("Cargo.toml"));
+    }
+    manifests.push(root.join("xtask/Cargo.toml"));
+    manifests.sort();
+    let mut problems = Vec::new();
+    for manifest in manifests.into_iter().filter(|m| m.is_file()) {
+        let rel = manifest.strip_prefix(root).unwrap_or(&manifest).display().to_string();
+        let name = manifest.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(&manifest).map_err(|e| anyhow::anyhow!("{rel}: {e}"))?;
+        let Some((_, allowed)) = LAYERS.iter().find(|(crate_name, _)| *crate_name == name) else {
+            problems.push(format!("{rel}: crate `{name}` has no place in xtask/src/tidy.rs LAYERS (and docs/architecture.md)"));
+            continue;
+        };
+        for dep in dmm_dependencies(&text) {
+            if !allowed.contains(&dep.as_str()) {
+                problems.push(format!("{rel}: `{name}` must not depend on `{dep}` (layers: docs/architecture.md)"));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+fn module_docs(root: &Path) -> anyhow::Result<Vec<String>> {
     let mut files = Vec::new();
     for dir in ["crates", "xtask"] {
         collect_rs(&root.join(dir), &mut files)?;
@@ -56,6 +119,26 @@ mod tests {
         let problems = tidy(&dir).unwrap();
         assert_eq!(problems, ["crates/x/src/bad.rs:1: file does not open with a `//!` doc comment"]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dependency_against_the_layers_is_named() {
+        let dir = tempfile_dir().join("layers");
+        std::fs::create_dir_all(dir.join("crates/dmm-model")).unwrap();
+        std::fs::create_dir_all(dir.join("crates/dmm-new")).unwrap();
+        std::fs::create_dir_all(dir.join("xtask")).unwrap();
+        let manifest = "[package]\nname = \"dmm-model\"\n\n[dependencies]\ndmm-core.workspace = true\ndmm-data = { path = \"../dmm-data\" }\n\n[dev-dependencies]\ndmm-train.workspace = true\n";
+        std::fs::write(dir.join("crates/dmm-model/Cargo.toml"), manifest).unwrap();
+        std::fs::write(dir.join("crates/dmm-new/Cargo.toml"), "[dependencies]\n").unwrap();
+        std::fs::write(dir.join("xtask/Cargo.toml"), "[dependencies]\ndmm-data.workspace = true\n").unwrap();
+        assert_eq!(
+            layering(&dir).unwrap(),
+            [
+                "crates/dmm-model/Cargo.toml: `dmm-model` must not depend on `dmm-data` (layers: docs/architecture.md)",
+                "crates/dmm-new/Cargo.toml: crate `dmm-new` has no place in xtask/src/tidy.rs LAYERS (and docs/architecture.md)",
+            ]
+        );
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::attrs::N_ATTRS;
 use crate::pipeline::{decode, Transform};
-use crate::rng::{mix, SplitMix64};
+use dmm_core::{mix, SplitMix64};
 use crate::{Dataset, Error, Result, Split};
 
 /// How batches are formed.

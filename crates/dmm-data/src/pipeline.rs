@@ -11,28 +11,9 @@ use std::path::Path;
 use image::imageops::FilterType;
 use image::RgbImage;
 
+pub use dmm_core::Normalization;
+
 use crate::{Error, Result};
-
-/// Per-channel mean and standard deviation applied after scaling pixels to [0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Normalization {
-    /// Subtracted from each RGB channel.
-    pub mean: [f32; 3],
-    /// Each RGB channel is divided by this.
-    pub std: [f32; 3],
-}
-
-impl Normalization {
-    /// ImageNet statistics, as used by torchvision's pretrained ResNets.
-    pub const IMAGENET: Normalization =
-        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
-}
-
-impl Default for Normalization {
-    fn default() -> Self {
-        Self::IMAGENET
-    }
-}
 
 /// What to do to a decoded image.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]

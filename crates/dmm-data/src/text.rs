@@ -23,11 +23,6 @@ impl TextFile {
         Ok(Self { path: path.to_path_buf(), text })
     }
 
-    /// The whole text.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// `(line_number, line)` pairs with line ends removed; a final empty line is not yielded.
     pub fn lines(&self) -> impl Iterator<Item = (usize, &str)> {
         self.text.lines().enumerate().map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)))

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use dmm_data::{Normalization, CELEBA_ATTRIBUTES, N_ATTRS};
+use dmm_core::{Normalization, CELEBA_ATTRIBUTES, N_ATTRS};
 
 use crate::model::{DmmModel, ModelConfig};
 use crate::{Error, Result};
@@ -70,6 +70,13 @@ pub fn save(path: &Path, varmap: &VarMap, meta: &CheckpointMeta) -> Result<()> {
     save_with_extra(path, varmap, meta, Vec::new(), HashMap::new())
 }
 
+/// [`save`] with every variable stored as `dtype` (F16 halves the file of a model that ships;
+/// [`load`] widens any float type back to F32).
+pub fn save_as(path: &Path, varmap: &VarMap, meta: &CheckpointMeta, dtype: DType) -> Result<()> {
+    let tensors = variables(varmap).into_iter().map(|(k, t)| Ok((k, t.to_dtype(dtype)?))).collect::<Result<Vec<_>>>()?;
+    write_checkpoint(path, tensors, meta, HashMap::new())
+}
+
 /// [`save`] plus extra tensors (stored as `extra.<name>`) and extra metadata entries, in the same
 /// atomic write: a trainer's resume point is one file, never a model from one step and optimizer
 /// state from another.
@@ -78,12 +85,20 @@ pub fn save_with_extra(
     varmap: &VarMap,
     meta: &CheckpointMeta,
     extra: Vec<(String, Tensor)>,
-    mut metadata: HashMap<String, String>,
+    metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let data = varmap.data().lock().expect("varmap lock");
-    let mut tensors: Vec<(String, Tensor)> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    drop(data);
+    let mut tensors = variables(varmap);
     tensors.extend(extra.into_iter().map(|(k, t)| (format!("{EXTRA_PREFIX}{k}"), t)));
+    write_checkpoint(path, tensors, meta, metadata)
+}
+
+fn variables(varmap: &VarMap) -> Vec<(String, Tensor)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+}
+
+/// Writes `tensors` in name order with `meta` under [`METADATA_KEY`], atomically.
+fn write_checkpoint(path: &Path, mut tensors: Vec<(String, Tensor)>, meta: &CheckpointMeta, mut metadata: HashMap<String, String>) -> Result<()> {
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let json = serde_json::to_string(meta).map_err(|e| Error::format(path, e.to_string()))?;
     metadata.insert(METADATA_KEY.to_string(), json);
@@ -103,17 +118,21 @@ pub fn read_extra(path: &Path, device: &Device) -> Result<HashMap<String, Tensor
 }
 
 fn read_header(path: &Path) -> Result<serde_json::Value> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    parse_header(f, path)
+}
+
+/// The JSON header of the safetensors bytes read from `reader` (`origin` names them in errors).
+fn parse_header(mut reader: impl std::io::Read, origin: &Path) -> Result<serde_json::Value> {
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| Error::format(path, "too short for a safetensors file"))?;
+    reader.read_exact(&mut len).map_err(|_| Error::format(origin, "too short for a safetensors file"))?;
     let len = u64::from_le_bytes(len);
     if len > 100_000_000 {
-        return Err(Error::format(path, format!("safetensors header of {len} bytes is implausible")));
+        return Err(Error::format(origin, format!("safetensors header of {len} bytes is implausible")));
     }
     let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|_| Error::format(path, "truncated safetensors header"))?;
-    serde_json::from_slice(&header).map_err(|e| Error::format(path, format!("safetensors header is not JSON: {e}")))
+    reader.read_exact(&mut header).map_err(|_| Error::format(origin, "truncated safetensors header"))?;
+    serde_json::from_slice(&header).map_err(|e| Error::format(origin, format!("safetensors header is not JSON: {e}")))
 }
 
 /// Writes named tensors as safetensors, atomically (temporary file + rename).
@@ -124,16 +143,21 @@ pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: Option<
         .collect::<candle_core::Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), metadata)
         .map_err(|e| Error::format(path, format!("cannot serialize safetensors: {e}")))?;
-    dmm_data::fsutil::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+    dmm_core::fsutil::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Reads only the metadata of a checkpoint (`None` for a plain weight file without it).
 pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>> {
-    let Some(json) = read_metadata_entry(path, METADATA_KEY)? else {
+    meta_from_header(&read_header(path)?, path)
+}
+
+/// The checkpoint metadata in a parsed safetensors header, validated.
+fn meta_from_header(header: &serde_json::Value, path: &Path) -> Result<Option<CheckpointMeta>> {
+    let Some(json) = header.get("__metadata__").and_then(|m| m.get(METADATA_KEY)).and_then(|v| v.as_str()) else {
         return Ok(None);
     };
     let meta: CheckpointMeta =
-        serde_json::from_str(&json).map_err(|e| Error::format(path, format!("invalid dmm metadata: {e}")))?;
+        serde_json::from_str(json).map_err(|e| Error::format(path, format!("invalid dmm metadata: {e}")))?;
     if meta.format != FORMAT_VERSION {
         return Err(Error::format(path, format!(
             "checkpoint format {} is not supported (expected {FORMAT_VERSION}; format 1 heads had no batch norm: retrain with this dmm)",
@@ -149,9 +173,27 @@ pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>> {
 /// Loads a checkpoint written by [`save`]: rebuilds the network from the metadata and sets every
 /// variable, refusing a file with missing, extra or mis-shaped tensors.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
-    let meta = read_meta(path)?.ok_or_else(|| Error::format(path, "not a dmm checkpoint (no `dmm` metadata); for trunk weights use --weights"))?;
-    let (model, varmap) = DmmModel::fresh(&meta.model, device)?;
+    let meta = read_meta(path)?.ok_or_else(|| not_a_checkpoint(path))?;
     let tensors = crate::weights::read_safetensors(path, device)?;
+    build(meta, tensors, path, device)
+}
+
+/// [`load`] from the bytes of a checkpoint file (a model built into a binary); `origin` names it
+/// in errors.
+pub fn load_bytes(bytes: &[u8], origin: &Path, device: &Device) -> Result<Checkpoint> {
+    let meta = meta_from_header(&parse_header(bytes, origin)?, origin)?.ok_or_else(|| not_a_checkpoint(origin))?;
+    let tensors = candle_core::safetensors::load_buffer(bytes, device)
+        .map_err(|e| Error::format(origin, format!("not a readable safetensors file: {e}")))?;
+    build(meta, tensors, origin, device)
+}
+
+fn not_a_checkpoint(path: &Path) -> Error {
+    Error::format(path, "not a dmm checkpoint (no `dmm` metadata); for trunk weights use --weights")
+}
+
+/// The network of `meta` with every variable set from `tensors`.
+fn build(meta: CheckpointMeta, tensors: HashMap<String, Tensor>, path: &Path, device: &Device) -> Result<Checkpoint> {
+    let (model, varmap) = DmmModel::fresh(&meta.model, device)?;
     let data = varmap.data().lock().expect("varmap lock");
     let mut problems = Vec::new();
     for (name, var) in data.iter() {
@@ -193,6 +235,35 @@ mod tests {
         let diff = (a.attributes - b.attributes)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        Ok(())
+    }
+
+    /// A half-precision copy loads from a file or from memory, the same network, with weights
+    /// rounded to f16 and nothing else changed.
+    #[test]
+    fn an_f16_copy_loads_from_file_and_bytes() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let (f32_path, f16_path) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+        let cfg = ModelConfig { variant: Variant::DmmCnn, width: 2, n_points: 5, ..ModelConfig::paper() };
+        let (_, varmap) = DmmModel::fresh(&cfg, &Device::Cpu)?;
+        let meta = CheckpointMeta::new(cfg);
+        save(&f32_path, &varmap, &meta)?;
+        save_as(&f16_path, &varmap, &meta, DType::F16)?;
+        let (full, half) = (std::fs::metadata(&f32_path).unwrap().len(), std::fs::metadata(&f16_path).unwrap().len());
+        assert!(half * 10 < full * 6, "f16 file {half} bytes against f32 {full}");
+        let bytes = std::fs::read(&f16_path).unwrap();
+        for back in [load(&f16_path, &Device::Cpu)?, load_bytes(&bytes, &f16_path, &Device::Cpu)?] {
+            assert_eq!(back.meta, meta);
+            let data = varmap.data().lock().unwrap();
+            let loaded = back.varmap.data().lock().unwrap();
+            for (name, var) in data.iter() {
+                let want = var.as_tensor().to_dtype(DType::F16)?.to_dtype(DType::F32)?;
+                let diff = (loaded[name].as_tensor() - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert_eq!(diff, 0.0, "{name}");
+            }
+        }
+        let err = load_bytes(&bytes[..bytes.len() / 2], Path::new("cut.safetensors"), &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("cut.safetensors"), "{err}");
         Ok(())
     }
 

@@ -78,7 +78,7 @@ pub(crate) fn kernels() -> MutexGuard<'static, Emulated> {
 
 /// Deterministic test data in [-2, 2).
 pub(crate) fn data(n: usize, seed: u64) -> Vec<f64> {
-    let mut rng = dmm_data::SplitMix64::new(seed);
+    let mut rng = dmm_core::SplitMix64::new(seed);
     (0..n).map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0).collect()
 }
 

@@ -8,7 +8,7 @@
 //!   gain), whose filters are 6× (3×3) to 24× (1×1 reduce) larger in squared norm. Every
 //!   convolution is followed by batch norm, so a filter's scale does not change the function, only
 //!   the effective step (lr/‖w‖²): with torchvision's init, the same learning rate trains the trunk
-//!   6–24× more slowly, and measured side by side (README, "What training reaches") both dmm and
+//!   6–24× more slowly, and measured side by side (docs/training.md, "What training reaches") both dmm and
 //!   PyTorch then stall at the attribute priors from random initialisation;
 //! - linear weights and biases: uniform on ±1/√fan_in (PyTorch's `nn.Linear` default, which the
 //!   paper's PyTorch implementation used; candle-nn's Kaiming-normal weights give the linear
@@ -17,7 +17,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarMap;
-use dmm_data::SplitMix64;
+use dmm_core::SplitMix64;
 
 /// Re-initialises every variable of `varmap` from `seed`.
 pub fn seeded(varmap: &VarMap, seed: u64) -> Result<()> {

@@ -10,14 +10,14 @@
 //! over the pooled features (`<head>.bn`): they come after the trunk's last ReLU, all positive
 //! and alike from image to image, so without centring one SGD step moves a hidden unit's input
 //! by nearly the same amount for every image, and from scratch most hidden ReLUs die for every
-//! image within a few dozen steps (measured: README, "What training reaches so far").
+//! image within a few dozen steps (measured: docs/training.md, "What training reaches so far").
 //!
 //! FC sizes scale with `width / 64` so reduced presets keep the topology. Outputs are linear;
 //! attributes come back in CelebA order whatever the grouping.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
-use dmm_data::{AttributeGroups, N_ATTRS};
+use dmm_core::{AttributeGroups, N_ATTRS};
 
 use crate::norm::BatchNorm2d;
 use crate::pool::{spp, spp_bins};

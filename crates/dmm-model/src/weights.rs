@@ -75,8 +75,7 @@ impl std::fmt::Display for WeightSource {
 
 impl WeightSource {
     /// The local path of the weights: the file itself, or the Hub file downloaded into (or, with
-    /// `offline`, only looked up in) the Hugging Face cache (`cache_dir`, else `HF_HUB_CACHE`,
-    /// `$HF_HOME/hub`, `~/.cache/huggingface/hub`).
+    /// `offline`, only looked up in) the Hugging Face cache (`cache_dir`, else [`hub_cache_dir`]).
     pub fn resolve(&self, offline: bool, cache_dir: Option<&Path>) -> Result<PathBuf> {
         match self {
             WeightSource::File(p) => {
@@ -88,26 +87,42 @@ impl WeightSource {
             }
             WeightSource::Hub { repo, file, revision } => {
                 let hub_err = |msg: String| Error::Hub { source_name: self.to_string(), msg };
-                let mut builder = hf_hub::HFClient::builder();
-                if let Some(dir) = cache_dir {
-                    builder = builder.cache_dir(dir);
+                let cache = hf_hub::Cache::new(cache_dir.map_or_else(hub_cache_dir, Path::to_path_buf));
+                let hub_repo = hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision.clone().unwrap_or_else(|| "main".into()));
+                if let Some(path) = cached_file(&cache, &hub_repo, file) {
+                    return Ok(path);
                 }
-                let client = builder.build_sync().map_err(|e| hub_err(e.to_string()))?;
-                let (owner, name) = repo.split_once('/').expect("parsed as owner/name");
-                client
-                    .model(owner, name)
-                    .download_file()
-                    .filename(file.clone())
-                    .maybe_revision(revision.clone())
-                    .local_files_only(offline)
-                    .send()
-                    .map_err(|e| {
-                        let hint = if offline { " (offline: only the local Hugging Face cache was searched)" } else { "" };
-                        hub_err(format!("{e}{hint}"))
-                    })
+                if offline {
+                    return Err(hub_err(format!(
+                        "not in the Hugging Face cache {} (offline: only the local Hugging Face cache was searched)",
+                        cache.path().display()
+                    )));
+                }
+                let api = hf_hub::api::sync::ApiBuilder::from_cache(cache).build().map_err(|e| hub_err(e.to_string()))?;
+                api.repo(hub_repo).download(file).map_err(|e| hub_err(e.to_string()))
             }
         }
     }
+}
+
+/// The Hugging Face cache folder: `HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (the Python library's order).
+fn hub_cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("HF_HUB_CACHE")
+        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
+        .unwrap_or_else(|| var("HOME").unwrap_or_default().join(".cache/huggingface/hub"))
+}
+
+/// `file` of `repo` in the cache, if present: through the ref of a branch or tag, or directly
+/// under `snapshots/` for a commit hash.
+fn cached_file(cache: &hf_hub::Cache, repo: &hf_hub::Repo, file: &str) -> Option<PathBuf> {
+    cache.repo(repo.clone()).get(file).or_else(|| {
+        let rev = repo.revision();
+        let is_commit = rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit());
+        let path = cache.path().join(repo.folder_name()).join("snapshots").join(rev).join(file);
+        (is_commit && path.is_file()).then_some(path)
+    })
 }
 
 /// What a trunk load did.

@@ -112,7 +112,7 @@ fn bottleneck_parameter_gradients_train_mode() {
 /// random inputs, a difference now and then straddles a ReLU or max-pool kink).
 fn seeded_normals(shape: impl Into<candle_core::Shape>, seed: u64) -> Tensor {
     let shape = shape.into();
-    let mut rng = dmm_data::SplitMix64::new(seed);
+    let mut rng = dmm_core::SplitMix64::new(seed);
     let mut uniform = || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let v: Vec<f64> = (0..shape.elem_count()).map(|_| (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos()).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()

@@ -4,10 +4,50 @@
 //! (`data/attribute_groups.txt`, the default compiled in) that users can replace. Outputs are always
 //! reported in CelebA's order; a grouping only says which head predicts which attribute.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::text::TextFile;
-use crate::{Error, Result};
+/// A grouping file that cannot be used, naming the file (and the line, where there is one).
+#[derive(Debug, thiserror::Error)]
+pub enum GroupsError {
+    /// The file cannot be read.
+    #[error("{}: {cause}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        cause: std::io::Error,
+    },
+    /// A line is wrong.
+    #[error("{}:{line}: {msg}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The file as a whole is wrong.
+    #[error("{}: {msg}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, GroupsError>;
+
+impl GroupsError {
+    fn parse(path: &Path, line: usize, msg: String) -> Self {
+        GroupsError::Parse { path: path.to_path_buf(), line, msg }
+    }
+
+    fn invalid(path: &Path, msg: impl Into<String>) -> Self {
+        GroupsError::Invalid { path: path.to_path_buf(), msg: msg.into() }
+    }
+}
 
 /// Number of attributes (CelebA's and LFWA's 40).
 pub const N_ATTRS: usize = 40;
@@ -52,8 +92,8 @@ impl AttributeGroups {
     /// Reads a grouping file: `objective:` and `subjective:` section headers, then one attribute
     /// name per line; `#` starts a comment.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let file = TextFile::read(path)?;
-        parse_groups(path, file.text())
+        let text = std::fs::read_to_string(path).map_err(|cause| GroupsError::Io { path: path.to_path_buf(), cause })?;
+        parse_groups(path, text.strip_prefix('\u{feff}').unwrap_or(&text))
     }
 }
 
@@ -73,15 +113,15 @@ fn parse_groups(path: &Path, text: &str) -> Result<AttributeGroups> {
             "subjective:" => current = Some(&mut subjective),
             name => {
                 let Some(group) = current.as_deref_mut() else {
-                    return Err(Error::parse(path, line_no, format!(
+                    return Err(GroupsError::parse(path, line_no, format!(
                         "attribute `{name}` before any `objective:` or `subjective:` header"
                     )));
                 };
                 let idx = attr_index(name).ok_or_else(|| {
-                    Error::parse(path, line_no, format!("unknown attribute `{name}`"))
+                    GroupsError::parse(path, line_no, format!("unknown attribute `{name}`"))
                 })?;
                 if let Some(first) = seen[idx] {
-                    return Err(Error::parse(path, line_no, format!(
+                    return Err(GroupsError::parse(path, line_no, format!(
                         "attribute `{name}` is already grouped on line {first}"
                     )));
                 }
@@ -93,10 +133,10 @@ fn parse_groups(path: &Path, text: &str) -> Result<AttributeGroups> {
     let missing: Vec<&str> =
         (0..N_ATTRS).filter(|&i| seen[i].is_none()).map(|i| CELEBA_ATTRIBUTES[i]).collect();
     if !missing.is_empty() {
-        return Err(Error::invalid(path, format!("attributes in no group: {}", missing.join(", "))));
+        return Err(GroupsError::invalid(path, format!("attributes in no group: {}", missing.join(", "))));
     }
     if objective.is_empty() || subjective.is_empty() {
-        return Err(Error::invalid(path, "both groups need at least one attribute"));
+        return Err(GroupsError::invalid(path, "both groups need at least one attribute"));
     }
     objective.sort_unstable();
     subjective.sort_unstable();

@@ -43,7 +43,7 @@ impl SplitMix64 {
 }
 
 /// The SplitMix64 output function; also a good stateless hash of a `u64`.
-pub(crate) fn mix(z: u64) -> u64 {
+pub fn mix(z: u64) -> u64 {
     let z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
