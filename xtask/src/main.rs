@@ -8,13 +8,15 @@
 //! - `landmarks` and `train` wrap the `dmm` commands of the same name ([`dmm`]);
 //! - `bench` times training steps and forwards beside PyTorch ([`bench`]);
 //! - `cuda-build` builds the CUDA binary with nvcc from PyPI ([`cuda`]);
-//! - `mini-backbone` remakes the trunk the `mini` preset starts from (`data/pretrained/`);
-//! - `tidy` checks source hygiene ([`tidy`]).
+//! - `mini-backbone` and `bundle-model` remake the models that ship: the trunk the `mini` preset
+//!   starts from (`data/pretrained/`) and the model built into `dmm predict` (`models/`) ([`bundle`]);
+//! - `tidy` checks source hygiene and the crates' layering ([`tidy`]).
 //!
 //! Training runs as `dmm` child processes built in release mode, so xtask itself stays light
 //! (no candle) and runs can go in parallel.
 
 mod bench;
+mod bundle;
 mod cuda;
 mod dmm;
 mod download;
@@ -149,6 +151,24 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "runs/mini-backbone")]
         out: PathBuf,
     },
+    /// Remake the model built into `dmm predict`, models/dmm-cnn-celeba-w16.safetensors: dlib
+    /// landmarks for ROOT (if any image lacks them), `dmm train` of DMM-CNN at width 16 on
+    /// CelebA's 218×178 crops from random initialisation on the train split (val picks the kept
+    /// model and sets τ), `dmm export` to f16, the f32 model's predictions on the bundled sample
+    /// (the f16 test's reference), and `dmm eval` on the test split for the card
+    /// (models/README.md). About an hour on two cores. Needs dlib (see `landmarks`).
+    BundleModel {
+        /// CelebA root with the official partition (e.g. ../shared/data/celeba).
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        /// Run directory of the training (resumed if it exists).
+        #[arg(long, value_name = "DIR", default_value = "runs/bundle-model")]
+        out: PathBuf,
+        /// The landmark CSV for ROOT's images, computed where rows are missing (default
+        /// OUT/landmarks.csv, so the dataset root is only read).
+        #[arg(long, value_name = "FILE.csv")]
+        landmarks: Option<PathBuf>,
+    },
     /// Check source hygiene: every .rs file opens with a `//!` doc saying what it is.
     Tidy,
 }
@@ -249,7 +269,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::MiniBackbone { root: data_root, out } => {
             let dmm = Dmm::build(&root, &[], None)?;
-            mini_backbone(&root, &dmm, &data_root, &out)?;
+            bundle::mini_backbone(&root, &dmm, &data_root, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BundleModel { root: data_root, out, landmarks } => {
+            bundle::bundle_model(&root, &data_root, &out, &landmarks.unwrap_or_else(|| out.join(dmm_data::LANDMARKS_CSV)))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tidy => {
@@ -269,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = exp.settings();
             if !no_landmarks {
                 for ds in [Ds::Celeba, Ds::Lfwa] {
-                    ensure_landmarks(&root, ds, settings.root(ds), None, exp.dmm.clone())?;
+                    ensure_landmarks(&root, ds, settings.root(ds), None, None, exp.dmm.clone())?;
                 }
             }
             let dmm = exp.dmm(&root)?;
@@ -310,7 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Landmarks { dataset, root: data_root, jobs } => {
-            ensure_landmarks(&root, dataset.ds(), &data_root, jobs, None)?;
+            ensure_landmarks(&root, dataset.ds(), &data_root, None, jobs, None)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { iters, rounds, width, batch } => {
@@ -377,11 +401,15 @@ fn finish(settings: &Settings, command: &str, failures: &[String]) -> anyhow::Re
 }
 
 /// Runs `dmm landmarks` on the image folder of `data_root` when a present image has neither a
-/// row in `landmarks.csv` nor a line in `landmarks.csv.noface`.
-fn ensure_landmarks(root: &Path, ds: Ds, data_root: &Path, jobs: Option<usize>, exe: Option<PathBuf>) -> anyhow::Result<()> {
+/// row in `csv` (default `data_root/landmarks.csv`) nor a line in `<csv>.noface`.
+pub(crate) fn ensure_landmarks(root: &Path, ds: Ds, data_root: &Path, csv: Option<&Path>, jobs: Option<usize>, exe: Option<PathBuf>) -> anyhow::Result<()> {
     let mut data = dmm_data::Dataset::open(ds.kind(), data_root).with_context(|| format!("reading {}", data_root.display()))?;
     data.retain_present(false)?;
-    let csv = data_root.join(dmm_data::LANDMARKS_CSV);
+    let csv = csv.map_or_else(|| data_root.join(dmm_data::LANDMARKS_CSV), Path::to_path_buf);
+    if csv.is_file() {
+        let table = dmm_data::LandmarkTable::read(&csv).with_context(|| format!("reading {}", csv.display()))?;
+        data.attach_landmarks(&table);
+    }
     let noface_path = PathBuf::from(format!("{}.noface", csv.display()));
     let noface: std::collections::HashSet<String> = std::fs::read_to_string(&noface_path).unwrap_or_default().lines().map(|l| l.trim().to_string()).collect();
     let todo = data.samples.iter().filter(|s| s.landmarks.is_none() && !noface.contains(&s.name)).count();
@@ -407,26 +435,3 @@ pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
 }
 
-/// The training behind [`Command::MiniBackbone`]; the arguments are its whole recipe.
-const MINI_BACKBONE_ARGS: [&str; 14] = [
-    "--preset", "mini", "--variant", "baseline", "--backbone", "none", "--batch-size", "32", "--epochs", "20", "--eval-every", "281", "--lr",
-    "0.00025",
-];
-
-fn mini_backbone(root: &Path, dmm: &Dmm, data_root: &Path, out: &Path) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut args: Vec<String> = ["train", "--dataset", "celeba", "--root"].map(String::from).to_vec();
-    args.push(data_root.to_string_lossy().into_owned());
-    args.extend(MINI_BACKBONE_ARGS.map(String::from));
-    args.extend(["--out".into(), out.to_string_lossy().into_owned(), "--resume".into()]);
-    eprintln!("$ dmm {}", dmm::shell_words(&args));
-    let status = dmm.command(None).args(&args).status().context("running dmm train")?;
-    anyhow::ensure!(status.success(), "`dmm {}` failed ({status})", dmm::shell_words(&args));
-    let dest = root.join("data/pretrained/celeba-baseline-w8.safetensors");
-    let tmp = dest.with_extension("safetensors.tmp");
-    std::fs::create_dir_all(dest.parent().expect("a parent")).with_context(|| format!("creating {}", dest.display()))?;
-    std::fs::copy(out.join("model.safetensors"), &tmp).with_context(|| format!("copying {}", out.join("model.safetensors").display()))?;
-    std::fs::rename(&tmp, &dest).with_context(|| format!("writing {}", dest.display()))?;
-    println!("{} written in {:.1} min; its card is data/pretrained/README.md", dest.display(), started.elapsed().as_secs_f64() / 60.0);
-    Ok(())
-}

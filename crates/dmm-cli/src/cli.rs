@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `dmm --version`: the crate version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DMM_COMMIT"), ")");
+
 /// DMM-CNN facial attribute classification: datasets, training, evaluation and prediction.
 #[derive(Debug, Parser)]
-#[command(name = "dmm", version, about, long_about = None)]
+#[command(name = "dmm", version = VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -15,35 +18,53 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a DMM-CNN variant (Algorithm 1) into a run directory: config.json, metrics.jsonl (one
-    /// record per evaluation with λ and τ), last.safetensors (resume point) and model.safetensors
-    /// (best model by evaluation mean accuracy). Ctrl-C loses at most the work since the last
+    /// Train a variant (Algorithm 1) into a run directory.
+    ///
+    /// The run directory gets config.json, metrics.jsonl (one record per evaluation with λ and τ),
+    /// last.safetensors (resume point) and model.safetensors (best model by evaluation mean
+    /// accuracy). Ctrl-C loses at most the work since the last
     /// evaluation; --resume continues to the same result as an uninterrupted run.
     Train(Box<TrainArgs>),
-    /// Compute dlib's 68 facial landmarks (HOG detector, upsample 1, largest face) for images into
-    /// the landmark CSV that training reads (put it at DATASET_ROOT/landmarks.csv, or pass
+    /// Compute dlib's 68 landmarks for images into the CSV that training reads.
+    ///
+    /// HOG detector with upsample 1, the largest face, into the landmark CSV that training reads (put it at DATASET_ROOT/landmarks.csv, or pass
     /// --landmarks to dmm train). Parallel, resumable (images already in the CSV or in
     /// FILE.csv.noface are skipped) and written atomically. Needs dmm built with --features dlib.
     Landmarks(LandmarksArgs),
-    /// Evaluate a trained model on a split: per-attribute and mean accuracy and balanced accuracy,
-    /// with the model's adaptive thresholds.
+    /// Evaluate a trained model on a split.
+    ///
+    /// Per-attribute and mean accuracy and balanced accuracy, with the model's adaptive thresholds,
+    /// beside the always-majority baseline, and the landmark NME.
     Eval(EvalArgs),
-    /// Predict the 40 attributes (score, the model's threshold τ, yes/no) and the landmarks of
-    /// face images: files or folders (searched for .jpg/.jpeg/.png), any size or colour mode, EXIF
+    /// Predict the 40 attributes and the landmarks of face images.
+    ///
+    /// For each image: score, the model's threshold τ and yes/no per attribute, and the landmarks.
+    /// Images are files or folders (searched for .jpg/.jpeg/.png), any size or colour mode, EXIF
     /// orientation respected. A table for people by default, JSON lines (--json) or CSV (--csv) for
     /// programs. An unreadable image is reported (name and reason) and skipped; the exit code is 1
     /// if any failed.
     Predict(PredictArgs),
-    /// Time one training step (forward, loss, backward, SGD update) or one eval-mode forward of
-    /// DMM-CNN on random data: the median seconds per call and images/s. `cargo xtask bench` runs
+    /// Rewrite a trained model in half precision, for shipping.
+    ///
+    /// Every variable is stored as f16 (half the file; dmm widens it back to f32 on load); the
+    /// metadata and thresholds are unchanged.
+    Export(ExportArgs),
+    /// Time a training step or an eval forward of DMM-CNN.
+    ///
+    /// One training step (forward, loss, backward, SGD update) or one eval-mode forward on random
+    /// data: the median seconds per call and images/s. `cargo xtask bench` runs
     /// the suite beside the PyTorch reference (bench/torch_bench.py).
     Bench(BenchArgs),
-    /// Check a CUDA build on its GPU: every custom op against the CPU path (f64, outputs and
+    /// Check a CUDA build on its GPU.
+    ///
+    /// Every custom op against the CPU path (f64, outputs and
     /// gradients) and against finite differences, a DMM-CNN eval forward and training step against
     /// the CPU, and the PyTorch fixtures. Prints one line per check; exits 1 if any fails.
     /// `scripts/gpu-check.sh` runs it with the throughput benchmarks.
     GpuCheck(GpuCheckArgs),
-    /// Run the network on a tensor file (for parity checks against PyTorch): reads tensor `input`
+    /// Run the network on a tensor file (parity checks against PyTorch).
+    ///
+    /// Reads tensor `input`
     /// [N, 3, H, W] f32 and writes `trunk` [N, 32·W, h, w] — plus `attributes` [N, 40] and
     /// `landmarks` [N, 2T] when the weights are a full dmm checkpoint. Eval-mode batch norm.
     Forward(ForwardArgs),
@@ -56,15 +77,19 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum DatasetCommand {
+    /// Listed and present images per split, and each attribute's positive rate.
+    ///
     /// Per split: images listed by the label files and images present on disk; per attribute:
     /// the positive rate over all listed images.
     Stats(StatsArgs),
-    /// Decode every listed image that is present and report each one that cannot be read (name
-    /// and reason, one line each); exits non-zero if any image is unreadable. Use it after a
+    /// Decode every present image and report each unreadable one.
+    ///
+    /// One line per image that cannot be read (name and reason); exits non-zero if any image is unreadable. Use it after a
     /// download to find truncated or corrupt files.
     Check(CheckArgs),
-    /// Convert LFWA's official split (name.txt + label.txt + indices_train_test.mat) into
-    /// ROOT/lfwa_40attr_with_split.txt, which every build reads. Needs dmm built with --features
+    /// Convert LFWA's official .mat split into the text split every build reads.
+    ///
+    /// name.txt + label.txt + indices_train_test.mat become ROOT/lfwa_40attr_with_split.txt. Needs dmm built with --features
     /// mat (system HDF5) once; `cargo xtask download lfwa` runs it for you.
     TextSplit(TextSplitArgs),
 }
@@ -256,6 +281,9 @@ pub struct EvalArgs {
     /// Split to evaluate.
     #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
     pub split: String,
+    /// Landmark CSV for the landmark NME (default ROOT/landmarks.csv when it exists).
+    #[arg(long, value_name = "FILE.csv")]
+    pub landmarks: Option<PathBuf>,
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -316,9 +344,10 @@ pub struct GpuCheckArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// A trained model: model.safetensors of a run, or hf://owner/name[@rev][/file].
+    /// A trained model: model.safetensors of a run, or hf://owner/name[@rev][/file]. Default: the
+    /// model built into dmm (DMM-CNN at width 16 trained on CelebA images; models/README.md).
     #[arg(long, value_name = "CKPT|hf://…")]
-    pub model: String,
+    pub model: Option<String>,
     /// Images or folders of images.
     #[arg(required = true, value_name = "IMAGE|DIR")]
     pub images: Vec<PathBuf>,
@@ -351,6 +380,16 @@ pub struct PredictArgs {
     /// Resolve hf:// models from the local Hugging Face cache only.
     #[arg(long)]
     pub offline: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// A dmm checkpoint (model.safetensors of a run).
+    #[arg(long, value_name = "CKPT")]
+    pub model: PathBuf,
+    /// The f16 checkpoint to write (atomically).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -3,6 +3,7 @@
 //!
 //! End-to-end tests of the binary are in `tests/cli.rs`.
 
+mod bundled;
 mod cli;
 mod commands;
 mod output;
@@ -45,6 +46,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Eval(a) => commands::train::eval(a),
         cli::Command::Landmarks(a) => commands::landmarks::run(a),
         cli::Command::Predict(a) => commands::predict::run(a),
+        cli::Command::Export(a) => commands::export::run(a),
         cli::Command::Bench(a) => commands::bench::run(a),
         cli::Command::GpuCheck(a) => commands::gpu_check::run(a),
         cli::Command::Dataset { command } => match command {

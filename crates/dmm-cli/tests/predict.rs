@@ -199,3 +199,50 @@ fn detect_finds_the_face_in_a_larger_photo_and_reports_photos_without_one() {
     assert!(b[0] >= 150.0 && b[1] >= 80.0 && b[2] <= 150.0 + 178.0 && b[3] <= 80.0 + 218.0, "face box {b:?} inside the pasted crop");
     assert_eq!(p["landmarks"].as_array().unwrap().len(), 68);
 }
+
+/// The model built into `dmm` (models/dmm-cnn-celeba-w16.safetensors, stored in f16) answers
+/// without `--model`, fits the 16 MB the repository allows, and predicts what the f32 model it
+/// was exported from predicted on the bundled sample (the reference `cargo xtask bundle-model`
+/// recorded): scores within 0.02 and landmarks within a pixel, so every label whose f32 score is
+/// more than 0.02 from its threshold is the same. Closer than that, f16 rounding may tip a label
+/// (measured: 1 of the 16,000, an f32 score 0.0002 below τ); at most one in a thousand may.
+#[test]
+fn the_built_in_model_answers_as_its_f32_original() {
+    let model = repo().join("models/dmm-cnn-celeba-w16.safetensors");
+    let bytes = std::fs::metadata(&model).unwrap().len();
+    assert!(bytes <= 16_000_000, "{} is {bytes} bytes", model.display());
+    let reference = std::fs::read_to_string(repo().join("models/dmm-cnn-celeba-w16.f32-predictions.jsonl")).unwrap();
+    let reference: Vec<serde_json::Value> = reference.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = dmm(&["predict", "--json", repo().join("data/celeba/img_align_celeba").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("with dmm-cnn-celeba-w16 (built in"));
+    let got = json_lines(&out);
+    assert_eq!(got.len(), reference.len());
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array().unwrap().iter().flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect()
+    };
+    let (mut score_diff, mut point_diff, mut tipped, mut labels) = (0f64, 0f64, 0usize, 0usize);
+    for (g, r) in got.iter().zip(&reference) {
+        assert_eq!(g["image"], r["image"]);
+        for (a, b) in g["attributes"].as_array().unwrap().iter().zip(r["attributes"].as_array().unwrap()) {
+            assert_eq!((&a["name"], &a["threshold"]), (&b["name"], &b["threshold"]));
+            let (score, reference_score) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            score_diff = score_diff.max((score - reference_score).abs());
+            labels += 1;
+            if a["present"] != b["present"] {
+                tipped += 1;
+                let margin = (reference_score - b["threshold"].as_f64().unwrap()).abs();
+                assert!(margin <= 0.02, "{} {}: label differs with the f32 score {margin} from τ", g["image"], a["name"]);
+            }
+        }
+        let (p, q) = (floats(&g["landmarks"]), floats(&r["landmarks"]));
+        assert_eq!(p.len(), 2 * 68, "the built-in model has the landmark head");
+        point_diff = p.iter().zip(&q).fold(point_diff, |m, (a, b)| m.max((a - b).abs()));
+    }
+    assert!(score_diff <= 0.02 && point_diff <= 1.0, "largest differences: score {score_diff}, landmark {point_diff} px");
+    assert!(tipped * 1000 <= labels, "{tipped} of {labels} labels differ");
+    // The table says which model answered.
+    let table = dmm(&["predict", sample(0).to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("model: dmm-cnn-celeba-w16 (built in; models/README.md): DMM-CNN, width 16"), "{text}");
+}

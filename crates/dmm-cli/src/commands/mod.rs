@@ -3,6 +3,7 @@
 pub mod annotate;
 pub mod bench;
 pub mod dataset;
+pub mod export;
 pub mod forward;
 pub mod gpu_check;
 pub mod train;

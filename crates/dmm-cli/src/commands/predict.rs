@@ -52,9 +52,14 @@ struct Input {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let device = args.device.open()?;
-    let source: dmm_model::WeightSource = args.model.parse()?;
-    let path = source.resolve(args.offline, None)?;
-    let ckpt = checkpoint::load(&path, &device).with_context(|| format!("loading the model {source}"))?;
+    let (ckpt, model_name) = match &args.model {
+        Some(model) => {
+            let source: dmm_model::WeightSource = model.parse()?;
+            let path = source.resolve(args.offline, None)?;
+            (checkpoint::load(&path, &device).with_context(|| format!("loading the model {source}"))?, source.to_string())
+        }
+        None => (crate::bundled::load(&device).context("loading the built-in model")?, format!("{} (built in; models/README.md)", crate::bundled::NAME)),
+    };
     let images = dmm_landmarks::collect_images(&args.images)?;
     if images.is_empty() {
         anyhow::bail!("no .jpg, .jpeg or .png images in {}", args.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
@@ -65,6 +70,11 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     }
     let format = if args.json { Format::Json } else if args.csv { Format::Csv } else { Format::Table };
     let mut out = String::new();
+    if format == Format::Table {
+        let m = &ckpt.meta.model;
+        let size = ckpt.meta.input_size.map_or("native size".to_string(), |(h, w)| format!("{w}×{h} input"));
+        let _ = writeln!(out, "model: {model_name}: {}, width {}, {size}\n", m.variant, m.width);
+    }
     if format == Format::Csv {
         out.push_str(&csv_header(ckpt.meta.model.n_points, ckpt.model.config().variant.uses_landmarks()));
     }
@@ -104,7 +114,12 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         crate::output::print(&std::mem::take(&mut out))?;
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("predicted {done} of {} images in {secs:.2} s ({:.1} images/s){}", images.len(), done as f64 / secs.max(1e-9), if failed > 0 { format!("; {failed} failed") } else { String::new() });
+    eprintln!(
+        "predicted {done} of {} images in {secs:.2} s ({:.1} images/s) with {model_name}{}",
+        images.len(),
+        done as f64 / secs.max(1e-9),
+        if failed > 0 { format!("; {failed} failed") } else { String::new() }
+    );
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 

@@ -78,6 +78,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let kind: dmm_data::DatasetKind = args.dataset.into();
     let mut ds = Dataset::open(kind, &args.root).with_context(|| format!("reading {}", args.root.display()))?;
     ds.retain_present(false)?;
+    if let Some(csv) = &args.landmarks {
+        ds.attach_landmarks(&dmm_data::LandmarkTable::read(csv)?);
+    }
     let transform = Transform { size: ckpt.meta.input_size, normalization: ckpt.meta.normalization };
     let loader = Loader::new(&ds, split, LoaderConfig { transform, ..LoaderConfig::eval(args.batch_size) })?;
     let tau: Vec<f64> = ckpt.meta.thresholds.iter().map(|&t| t as f64).collect();
