@@ -1,5 +1,5 @@
 """PyTorch reference for a whole `dmm train` run: the same network, recipe and data, to put beside
-dmm's accuracy and wall time (README, "What training reaches").
+dmm's accuracy and wall time (docs/training.md, "What training reaches").
 
 The network is the one the parity tests check ours against (crates/dmm-model/tests/fixtures/
 make_fixtures.py) with PyTorch's default initialisation, as dmm's. The recipe is dmm's: the joint

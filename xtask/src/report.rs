@@ -229,7 +229,7 @@ pub fn write_report(settings: &Settings, command: &str) -> anyhow::Result<(PathB
         let (c, l) = (scheme_of(Ds::Celeba, name).cloned(), scheme_of(Ds::Lfwa, name).cloned());
         let _ = writeln!(md, "| {label} | `{name}` | {} | {} | {} | {} | {pc:.2} | {pl:.2} |", acc(&c), se(&c), acc(&l), se(&l));
     }
-    let _ = writeln!(md, "\nAW is reconstructed from the paper's description (see the README's Fidelity section).\n");
+    let _ = writeln!(md, "\nAW is reconstructed from the paper's description (see docs/fidelity.md).\n");
 
     // Table 3.
     let _ = writeln!(md, "## Table 3 — DMM-CNN per attribute (test accuracy, %)\n");

@@ -133,7 +133,7 @@ impl TrainConfig {
             },
             // A real CelebA subset (../shared's 9,000 train / 2,000 val) in about half an hour on
             // two cores: width 32 at half CelebA's size, an evaluation per epoch, and lr 0.00025 on
-            // the summed loss of Eq. 3, i.e. 0.01 on the mean over the 40 attributes (README,
+            // the summed loss of Eq. 3, i.e. 0.01 on the mean over the 40 attributes (docs/training.md,
             // "What training reaches", has the runs this was chosen from).
             "subset" => Self {
                 width: 32,
