@@ -79,9 +79,8 @@ pub fn build(root: &Path, compute_cap: u32) -> anyhow::Result<PathBuf> {
         _ => ensure_sdk(&root.join("target/cuda-sdk"))?,
     };
     let target = root.join("target/cuda");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("building dmm (release, cuda, compute capability {compute_cap}) into {} with {} …", target.display(), home.display());
-    let status = Command::new(cargo)
+    let status = crate::dmm::cargo()
         .current_dir(root)
         .envs(build_env(&home, compute_cap))
         .env("CARGO_TARGET_DIR", &target)

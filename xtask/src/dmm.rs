@@ -14,6 +14,23 @@ pub struct Dmm {
     pub exe: PathBuf,
 }
 
+/// A `cargo` command without the variables `cargo run` set for xtask itself (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, …). Some build scripts (ring's) rerun when those change, so a child build
+/// that inherited them would recompile ring and everything above it (about a minute) whenever a
+/// plain `cargo build` ran in between.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let from_cargo_run = key.starts_with("CARGO_PKG_")
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&&*key);
+        if from_cargo_run {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd
+}
+
 impl Dmm {
     /// Builds `dmm` in release mode with `features` (e.g. `["dlib"]`) and returns it; `exe`
     /// short-cuts the build (tests pass a debug binary).
@@ -24,8 +41,7 @@ impl Dmm {
             }
             return Ok(Self { exe });
         }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
+        let mut cmd = cargo();
         cmd.current_dir(root).args(["build", "--release", "-p", "dmm-cli"]);
         if !features.is_empty() {
             let list: Vec<String> = features.iter().map(|f| format!("dmm-cli/{f}")).collect();
