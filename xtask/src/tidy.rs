@@ -123,7 +123,9 @@ mod tests {
 
     #[test]
     fn a_dependency_against_the_layers_is_named() {
-        let dir = tempfile_dir().join("layers");
+        // Its own folder: the other test removes `tempfile_dir()` while this one may run.
+        let dir = std::env::temp_dir().join(format!("xtask-layers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("crates/dmm-model")).unwrap();
         std::fs::create_dir_all(dir.join("crates/dmm-new")).unwrap();
         std::fs::create_dir_all(dir.join("xtask")).unwrap();
@@ -138,7 +140,7 @@ mod tests {
                 "crates/dmm-new/Cargo.toml: crate `dmm-new` has no place in xtask/src/tidy.rs LAYERS (and docs/architecture.md)",
             ]
         );
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tempfile_dir() -> PathBuf {
