@@ -107,8 +107,12 @@ fn write_checkpoint(path: &Path, mut tensors: Vec<(String, Tensor)>, meta: &Chec
 
 /// Reads one metadata entry of a safetensors header (`None` if absent).
 pub fn read_metadata_entry(path: &Path, key: &str) -> Result<Option<String>> {
-    let header = read_header(path)?;
-    Ok(header.get("__metadata__").and_then(|m| m.get(key)).and_then(|v| v.as_str()).map(str::to_string))
+    Ok(metadata_entry(&read_header(path)?, key).map(str::to_string))
+}
+
+/// One entry of the `__metadata__` map of a parsed safetensors header.
+fn metadata_entry<'a>(header: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    header.get("__metadata__").and_then(|m| m.get(key)).and_then(|v| v.as_str())
 }
 
 /// Reads the tensors stored with [`save_with_extra`], without their prefix.
@@ -153,7 +157,7 @@ pub fn read_meta(path: &Path) -> Result<Option<CheckpointMeta>> {
 
 /// The checkpoint metadata in a parsed safetensors header, validated.
 fn meta_from_header(header: &serde_json::Value, path: &Path) -> Result<Option<CheckpointMeta>> {
-    let Some(json) = header.get("__metadata__").and_then(|m| m.get(METADATA_KEY)).and_then(|v| v.as_str()) else {
+    let Some(json) = metadata_entry(header, METADATA_KEY) else {
         return Ok(None);
     };
     let meta: CheckpointMeta =
