@@ -214,7 +214,8 @@ pub struct TrainArgs {
     /// Start from a trained dmm checkpoint (fine-tuning, e.g. LFWA from CelebA).
     #[arg(long, value_name = "CKPT", conflicts_with = "backbone")]
     pub init: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint.
+    /// Continue the run in --out from its last checkpoint. With a larger --epochs it also trains
+    /// a finished run longer, to the same result as the longer run from the start.
     #[arg(long)]
     pub resume: bool,
     /// Loss weighting (default: DW for variants with dynamic weights, else UW).

@@ -172,7 +172,10 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
     let mut meta = CheckpointMeta::new(model_config.clone());
     meta.input_size = config.input_size;
 
+    let per_epoch = train_loader.n_batches() as u64;
+    let total = per_epoch * config.epochs as u64;
     let resuming = options.resume && run.last().exists();
+    let mut reopened = None;
     let mut state = if resuming {
         let ckpt = checkpoint::load(&run.last(), &device)?;
         copy_vars(&ckpt.varmap, &varmap)?;
@@ -181,9 +184,15 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
             .ok_or_else(|| Error::Run { path: run.last(), msg: "no training state: not a resume point".into() })?;
         let state: TrainState = serde_json::from_str(&json).map_err(|e| Error::Run { path: run.last(), msg: format!("bad training state: {e}") })?;
         truncate_records(&run.metrics(), state.iteration)?;
-        if state.finished {
+        if state.finished && state.iteration >= total {
             return Ok(Outcome::Finished { best_accuracy: state.best_accuracy.unwrap_or(0.0) });
         }
+        if state.finished {
+            reopened = Some(reopen_final_evaluation(config, run, state.iteration)?);
+        }
+        // More --epochs than the stored run: the same run, only longer (nothing else depends on
+        // the epoch count), so config.json takes the new count.
+        write_atomic(&run.config(), serde_json::to_string_pretty(config).expect("config serializes").as_bytes())?;
         say(format!("resuming {} at iteration {}", run.path.display(), state.iteration));
         state
     } else {
@@ -215,9 +224,18 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
         }
     };
 
-    let per_epoch = train_loader.n_batches() as u64;
-    let total = per_epoch * config.epochs as u64;
     let bar = progress(total, state.iteration, options.quiet);
+    if let Some(train_loss) = reopened {
+        // The final evaluation of the shorter run becomes the periodic one that a longer run makes
+        // at this iteration: same weights, so the same numbers, but now it updates τ, λ and the
+        // schedule. It replaces the final record (and counts once).
+        state.finished = false;
+        state.evaluations -= 1;
+        let epoch = state.iteration / per_epoch + 1;
+        let mut record = evaluation_step(config, &model, &eval_loader, &mut state, epoch, false, &device)?;
+        record.train_loss = train_loss;
+        finish_evaluation(config, run, &varmap, &sgd, &mut meta, &mut state, &record, &bar, options.quiet)?;
+    }
     let started = Instant::now();
     let mut trained_images = 0u64;
     // The evaluation at the resume point is already in the log and in the state.
@@ -475,7 +493,32 @@ pub fn collapse_warning(heads: &[HeadHealth]) -> Option<String> {
     })
 }
 
-/// Creates the run directory and `config.json`, or checks that a resumed run has the same config.
+/// Checks that a finished run ending at `end` can be extended, and drops its final record from
+/// `metrics.jsonl`; returns that record's training loss (the reopened evaluation reports it).
+fn reopen_final_evaluation(config: &TrainConfig, run: &RunDir, end: u64) -> Result<Option<f64>> {
+    if !end.is_multiple_of(config.eval_every as u64) {
+        return Err(Error::Run {
+            path: run.path.clone(),
+            msg: format!(
+                "finished at iteration {end}, between evaluations (every {}): a longer run would not evaluate there, so it cannot be extended exactly; start a new run",
+                config.eval_every
+            ),
+        });
+    }
+    let path = run.metrics();
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), cause: e })?;
+    let last: Record = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .filter(|r: &Record| r.last && r.iteration == end)
+        .ok_or_else(|| Error::Run { path: path.clone(), msg: format!("its last line is not the final evaluation at iteration {end}") })?;
+    truncate_records(&path, end - 1)?;
+    Ok(last.train_loss)
+}
+
+/// Creates the run directory and `config.json`, or checks that a resumed run has the same config
+/// (`--epochs` may grow: the run continues past its old end).
 fn prepare_run_dir(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Result<()> {
     let config_json = serde_json::to_string_pretty(config).expect("config serializes");
     if run.last().exists() {
@@ -487,10 +530,16 @@ fn prepare_run_dir(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -
         }
         let stored = std::fs::read_to_string(run.config()).map_err(|e| Error::Io { path: run.config(), cause: e })?;
         let stored: TrainConfig = serde_json::from_str(&stored).map_err(|e| Error::Run { path: run.config(), msg: format!("unreadable: {e}") })?;
-        if &stored != config {
+        if stored != (TrainConfig { epochs: stored.epochs, ..config.clone() }) {
             return Err(Error::Run {
                 path: run.config(),
-                msg: "differs from this command's configuration; resume with the same flags".into(),
+                msg: "differs from this command's configuration; resume with the same flags (only --epochs may grow)".into(),
+            });
+        }
+        if config.epochs < stored.epochs {
+            return Err(Error::Run {
+                path: run.config(),
+                msg: format!("the run has {} epochs; a resumed run cannot have fewer ({})", stored.epochs, config.epochs),
             });
         }
         return Ok(());

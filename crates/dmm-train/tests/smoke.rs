@@ -92,7 +92,32 @@ fn resume_with_other_flags_is_refused() {
     let run = RunDir::new(dir.path().join("run"));
     let cfg = smoke();
     train(&cfg, &run, &TrainOptions { quiet: true, stop_after: Some(0), ..Default::default() }).unwrap();
-    let other = TrainConfig { epochs: 2, ..cfg };
+    let other = TrainConfig { width: 4, ..cfg.clone() };
     let err = train(&other, &run, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap_err().to_string();
     assert!(err.contains("config.json: differs"), "{err}");
+    let shorter = TrainConfig { epochs: 2, ..cfg.clone() };
+    let longer = TrainConfig { epochs: 3, ..cfg };
+    train(&longer, &run, &TrainOptions { quiet: true, resume: true, stop_after: Some(3), ..Default::default() }).unwrap();
+    let err = train(&shorter, &run, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("cannot have fewer (2)"), "{err}");
+}
+
+#[test]
+fn a_finished_run_resumed_with_more_epochs_equals_the_longer_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let longer = TrainConfig { epochs: 2, ..smoke() };
+    let straight = RunDir::new(dir.path().join("straight"));
+    train(&longer, &straight, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+
+    let extended = RunDir::new(dir.path().join("extended"));
+    train(&smoke(), &extended, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    assert!(records(&extended).last().unwrap().last);
+    let again = TrainOptions { quiet: true, resume: true, ..Default::default() };
+    assert!(matches!(train(&longer, &extended, &again).unwrap(), Outcome::Finished { .. }));
+
+    assert_eq!(records(&extended), records(&straight));
+    assert_eq!(std::fs::read(extended.metrics()).unwrap(), std::fs::read(straight.metrics()).unwrap());
+    assert_eq!(std::fs::read(extended.config()).unwrap(), std::fs::read(straight.config()).unwrap());
+    assert_eq!(tensors(extended.last()), tensors(straight.last()));
+    assert_eq!(tensors(extended.best()), tensors(straight.best()));
 }
