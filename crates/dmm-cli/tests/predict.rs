@@ -132,6 +132,9 @@ fn unreadable_files_are_reported_and_skipped() {
     std::fs::write(dir.path().join("b_truncated.jpg"), &real[..real.len() - 300]).unwrap();
     std::fs::write(dir.path().join("c_text.jpg"), "this is a text file").unwrap();
     std::fs::write(dir.path().join("d_good.jpg"), &real).unwrap();
+    // 69 bytes whose header claims 60000×60000 RGB pixels (10 GB decoded): made by
+    // `struct`/`zlib` in Python, IHDR 60000 60000 8 2 0 0 0, then a 64-byte IDAT and IEND.
+    std::fs::copy(repo().join("crates/dmm-cli/tests/fixtures/claims-60000x60000.png"), dir.path().join("e_huge.png")).unwrap();
     let ann = dir.path().join("ann");
     let out = dmm(&["predict", "--model", model(), dir.path().to_str().unwrap(), "--json", "--annotate", ann.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -141,10 +144,27 @@ fn unreadable_files_are_reported_and_skipped() {
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines[0].starts_with("b_truncated.jpg: ") && lines[0].contains("truncated"), "{err}");
     assert!(lines[1].starts_with("c_text.jpg: ") && lines[1].contains("cannot decode"), "{err}");
-    assert!(lines[2].starts_with("predicted 2 of 4 images") && lines[2].ends_with("; 2 failed"), "{err}");
+    assert!(lines[2].starts_with("e_huge.png: ") && lines[2].contains("image of 60000×60000 pixels would take 10299 MiB decoded"), "{err}");
+    assert!(lines[3].starts_with("predicted 2 of 5 images") && lines[3].ends_with("; 3 failed"), "{err}");
     let mut written: Vec<String> = std::fs::read_dir(&ann).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     written.sort();
     assert_eq!(written, ["a_good.jpg.png", "d_good.jpg.png"], "nothing written for a failed image");
+}
+
+#[test]
+fn a_damaged_model_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(model()).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x10;
+    let damaged = dir.path().join("damaged.safetensors");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = dmm(&["predict", "--model", damaged.to_str().unwrap(), sample(0).to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("damaged.safetensors: checksum mismatch"), "{err}");
 }
 
 #[test]

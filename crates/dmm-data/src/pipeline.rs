@@ -47,9 +47,8 @@ pub fn decode(path: &Path) -> Result<RgbImage> {
 
 /// [`decode`] for bytes already in memory; `path` is only used in errors.
 pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
-    let image_err = |cause| Error::Image { path: path.to_path_buf(), cause };
-    let format = check_format(path, bytes)?;
-    let img = image::load_from_memory_with_format(bytes, format).map_err(image_err)?;
+    let decoder = open_decoder(path, bytes)?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|cause| Error::Image { path: path.to_path_buf(), cause })?;
     Ok(img.into_rgb8())
 }
 
@@ -60,12 +59,42 @@ pub fn decode_oriented(path: &Path) -> Result<RgbImage> {
     use image::ImageDecoder;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let image_err = |cause| Error::Image { path: path.to_path_buf(), cause };
-    let format = check_format(path, &bytes)?;
-    let mut decoder = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format).into_decoder().map_err(image_err)?;
+    let mut decoder = open_decoder(path, &bytes)?;
     let orientation = decoder.orientation().map_err(image_err)?;
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(image_err)?;
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// The most bytes a decoded image may take (the `image` crate's own default allocation limit):
+/// a 50-megapixel photo at 16 bits per channel fits; a small file whose header claims 60000×60000
+/// pixels is refused before anything is allocated.
+pub const MAX_DECODED_BYTES: u64 = 512 << 20;
+
+/// A decoder for `bytes` whose header has been read and whose decoded size is within
+/// [`MAX_DECODED_BYTES`] (and not empty).
+fn open_decoder<'a>(path: &Path, bytes: &'a [u8]) -> Result<impl image::ImageDecoder + 'a> {
+    use image::ImageDecoder;
+    let format = check_format(path, bytes)?;
+    let decoder = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(|cause| Error::Image { path: path.to_path_buf(), cause })?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::invalid(path, format!("image of {w}×{h} pixels has nothing to decode")));
+    }
+    let needed = decoder.total_bytes();
+    if needed > MAX_DECODED_BYTES {
+        return Err(Error::invalid(
+            path,
+            format!(
+                "image of {w}×{h} pixels would take {} MiB decoded, more than the limit of {} MiB; shrink it first",
+                needed >> 20,
+                MAX_DECODED_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(decoder)
 }
 
 /// The format of `bytes` by content; a JPEG without its end marker is refused.
@@ -271,6 +300,53 @@ mod tests {
         std::fs::write(&txt, "hello, not an image").unwrap();
         let err = decode(&txt).unwrap_err().to_string();
         assert!(err.contains("text.jpg: cannot decode image"), "{err}");
+    }
+
+    /// A PNG whose header claims `w`×`h` RGB pixels, with one short (invalid) data chunk.
+    fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in bytes {
+                crc ^= b as u32;
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                }
+            }
+            !crc
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            out.extend((data.len() as u32).to_be_bytes());
+            let body: Vec<u8> = kind.iter().chain(data).copied().collect();
+            out.extend(&body);
+            out.extend(crc32(&body).to_be_bytes());
+        };
+        let ihdr: Vec<u8> = w.to_be_bytes().into_iter().chain(h.to_be_bytes()).chain([8, 2, 0, 0, 0]).collect();
+        chunk(b"IHDR", &ihdr);
+        chunk(b"IDAT", &[0x78, 0x9c, 0x01, 0x02]);
+        chunk(b"IEND", &[]);
+        out
+    }
+
+    #[test]
+    fn an_image_claiming_huge_dimensions_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        for (w, h) in [(60_000, 60_000), (20_000, 20_000)] {
+            let p = dir.path().join(format!("{w}.png"));
+            std::fs::write(&p, png_claiming(w, h)).unwrap();
+            for err in [decode(&p).unwrap_err(), decode_oriented(&p).unwrap_err()] {
+                let err = err.to_string();
+                assert!(err.contains(&format!("{w}.png: image of {w}×{h} pixels would take")), "{err}");
+                assert!(err.contains("more than the limit of 512 MiB"), "{err}");
+            }
+        }
+        // Small claims get as far as the (broken) pixel data, and fail there.
+        let p = dir.path().join("small.png");
+        std::fs::write(&p, png_claiming(4, 4)).unwrap();
+        assert!(decode(&p).unwrap_err().to_string().contains("small.png: cannot decode image"));
+        let one = dir.path().join("one.png");
+        image::RgbImage::from_pixel(1, 1, image::Rgb([1, 2, 3])).save(&one).unwrap();
+        assert_eq!(decode_oriented(&one).unwrap().get_pixel(0, 0).0, [1, 2, 3]);
     }
 
     #[test]

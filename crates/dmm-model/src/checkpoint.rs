@@ -3,7 +3,10 @@
 //! `dmm` key of the safetensors header, so prediction needs nothing else.
 //!
 //! Writing goes to a temporary file beside the target, then a rename: a crash never leaves a
-//! truncated checkpoint under the real name.
+//! truncated checkpoint under the real name. Every file written here carries a CRC-32 of its own
+//! bytes under [`CHECKSUM_KEY`], and every read checks it: a bit flipped on disk or a cut-off copy
+//! is refused ("checksum mismatch"), never loaded. Files without one (weights from the Hub) load
+//! as they are.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +23,11 @@ pub const METADATA_KEY: &str = "dmm";
 /// Name prefix of tensors that are not model variables (a trainer's optimizer state); [`load`]
 /// skips them.
 pub const EXTRA_PREFIX: &str = "extra.";
+/// Metadata key of the file's CRC-32: eight hex digits, computed over the whole file with those
+/// digits written as [`CHECKSUM_PLACEHOLDER`].
+pub const CHECKSUM_KEY: &str = "dmm_crc32";
+const CHECKSUM_PLACEHOLDER: &[u8; 8] = b"00000000";
+
 /// Version of the layout. 2: the SPP heads start with batch norm (`<head>.bn.*`); format 1
 /// networks lack those variables and cannot be loaded into today's heads.
 pub const FORMAT_VERSION: u32 = 2;
@@ -139,15 +147,54 @@ fn parse_header(mut reader: impl std::io::Read, origin: &Path) -> Result<serde_j
     serde_json::from_slice(&header).map_err(|e| Error::format(origin, format!("safetensors header is not JSON: {e}")))
 }
 
-/// Writes named tensors as safetensors, atomically (temporary file + rename).
+/// Writes named tensors as safetensors with their checksum, atomically (temporary file + rename).
 pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
     let contiguous = tensors
         .iter()
         .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), metadata)
+    let mut metadata = metadata.unwrap_or_default();
+    metadata.insert(CHECKSUM_KEY.to_string(), String::from_utf8_lossy(CHECKSUM_PLACEHOLDER).into_owned());
+    let mut bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), Some(metadata))
         .map_err(|e| Error::format(path, format!("cannot serialize safetensors: {e}")))?;
+    let span = checksum_span(&bytes).ok_or_else(|| Error::format(path, "the serialized header lost its checksum entry"))?;
+    let crc = crc32fast::hash(&bytes);
+    bytes[span].copy_from_slice(format!("{crc:08x}").as_bytes());
     dmm_core::fsutil::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Where the checksum's eight digits sit in a safetensors file, if its header has one. Inside the
+/// header's JSON, metadata values are escaped strings, so the quoted key followed by `":"` occurs
+/// only as the key itself.
+fn checksum_span(bytes: &[u8]) -> Option<std::ops::Range<usize>> {
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(len)?)?;
+    let needle = format!("\"{CHECKSUM_KEY}\":\"");
+    let at = header.windows(needle.len()).position(|w| w == needle.as_bytes())?;
+    let start = 8 + at + needle.len();
+    let end = start + CHECKSUM_PLACEHOLDER.len();
+    (end < 8 + len && bytes[end] == b'"').then_some(start..end)
+}
+
+/// Refuses `bytes` whose stored checksum does not match them; files without one pass.
+pub(crate) fn verify(bytes: &[u8], origin: &Path) -> Result<()> {
+    let Some(span) = checksum_span(bytes) else { return Ok(()) };
+    let stored = std::str::from_utf8(&bytes[span.clone()]).ok().and_then(|s| u32::from_str_radix(s, 16).ok());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[..span.start]);
+    hasher.update(CHECKSUM_PLACEHOLDER);
+    hasher.update(&bytes[span.end..]);
+    let actual = hasher.finalize();
+    if stored == Some(actual) {
+        return Ok(());
+    }
+    Err(Error::format(
+        origin,
+        format!(
+            "checksum mismatch: the file is damaged or cut short (stored crc32 {}, computed {actual:08x}); copy or write it again",
+            String::from_utf8_lossy(&bytes[span])
+        ),
+    ))
 }
 
 /// Reads only the metadata of a checkpoint (`None` for a plain weight file without it).
@@ -177,14 +224,14 @@ fn meta_from_header(header: &serde_json::Value, path: &Path) -> Result<Option<Ch
 /// Loads a checkpoint written by [`save`]: rebuilds the network from the metadata and sets every
 /// variable, refusing a file with missing, extra or mis-shaped tensors.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
-    let meta = read_meta(path)?.ok_or_else(|| not_a_checkpoint(path))?;
-    let tensors = crate::weights::read_safetensors(path, device)?;
-    build(meta, tensors, path, device)
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    load_bytes(&bytes, path, device)
 }
 
 /// [`load`] from the bytes of a checkpoint file (a model built into a binary); `origin` names it
 /// in errors.
 pub fn load_bytes(bytes: &[u8], origin: &Path, device: &Device) -> Result<Checkpoint> {
+    verify(bytes, origin)?;
     let meta = meta_from_header(&parse_header(bytes, origin)?, origin)?.ok_or_else(|| not_a_checkpoint(origin))?;
     let tensors = candle_core::safetensors::load_buffer(bytes, device)
         .map_err(|e| Error::format(origin, format!("not a readable safetensors file: {e}")))?;
@@ -269,6 +316,56 @@ mod tests {
         let err = load_bytes(&bytes[..bytes.len() / 2], Path::new("cut.safetensors"), &Device::Cpu).err().unwrap().to_string();
         assert!(err.contains("cut.safetensors"), "{err}");
         Ok(())
+    }
+
+    /// Any flipped bit (in the tensor data, the metadata or the checksum itself) and any cut are
+    /// refused by every reader; a file written without a checksum still loads.
+    #[test]
+    fn damaged_files_are_refused_and_files_without_a_checksum_load() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let cfg = ModelConfig { variant: Variant::DmmCnn, width: 2, n_points: 5, ..ModelConfig::paper() };
+        let (_, varmap) = DmmModel::fresh(&cfg, &Device::Cpu)?;
+        save(&path, &varmap, &CheckpointMeta::new(cfg.clone()))?;
+        let good = std::fs::read(&path).unwrap();
+        let span = checksum_span(&good).expect("a checksum");
+        let header_end = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        // A digit of τ inside the metadata: flipping bit 0 gives another valid number.
+        let thresholds = good.windows(10).position(|w| w == b"thresholds").unwrap() + 14;
+        assert_eq!(good[thresholds], b'0');
+        for (what, at) in [("tensor data", good.len() - 5), ("first tensor byte", header_end), ("checksum", span.start + 3), ("metadata", thresholds)] {
+            for bit in [0, 7] {
+                let mut bad = good.clone();
+                bad[at] ^= 1 << bit;
+                let damaged = dir.path().join("damaged.safetensors");
+                std::fs::write(&damaged, &bad).unwrap();
+                for err in [
+                    load(&damaged, &Device::Cpu).err(),
+                    load_bytes(&bad, &damaged, &Device::Cpu).err(),
+                    crate::weights::read_safetensors(&damaged, &Device::Cpu).err(),
+                ] {
+                    let err = err.unwrap_or_else(|| panic!("a flipped bit {bit} in the {what} was loaded")).to_string();
+                    assert!(err.contains("damaged.safetensors: checksum mismatch"), "{what}: {err}");
+                }
+            }
+        }
+        for cut in [good.len() - 1, header_end + 1] {
+            let err = load_bytes(&good[..cut], Path::new("cut.safetensors"), &Device::Cpu).err().unwrap().to_string();
+            assert!(err.contains("cut.safetensors: checksum mismatch"), "{err}");
+        }
+        // Without the checksum entry (as safetensors writers other than dmm leave it).
+        let tensors = read_safetensors_unchecked(&good);
+        let meta = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(&CheckpointMeta::new(cfg)).unwrap())]);
+        let plain = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta)).unwrap();
+        assert!(checksum_span(&plain).is_none());
+        load_bytes(&plain, Path::new("plain.safetensors"), &Device::Cpu)?;
+        Ok(())
+    }
+
+    fn read_safetensors_unchecked(bytes: &[u8]) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).unwrap().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     #[test]

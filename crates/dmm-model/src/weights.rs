@@ -138,12 +138,15 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
 }
 
-/// Reads every tensor of a safetensors file onto `device`.
+/// Reads every tensor of a safetensors file onto `device`, refusing a file whose checksum (see
+/// [`crate::checkpoint::CHECKSUM_KEY`]) does not match its bytes.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
     }
-    candle_core::safetensors::load(path, device).map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    crate::checkpoint::verify(&bytes, path)?;
+    candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))
 }
 
 /// Sets the trunk variables of `varmap` from the safetensors file at `path`.
