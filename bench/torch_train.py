@@ -3,9 +3,11 @@ dmm's accuracy and wall time (docs/training.md, "What training reaches").
 
 The network is the one the parity tests check ours against (crates/dmm-model/tests/fixtures/
 make_fixtures.py) with PyTorch's default initialisation, as dmm's. The recipe is dmm's: the joint
-loss of Eq. 3 (the sum over the 40 attributes of lambda_j * MSE_j on +-1 targets; no landmark term,
-as ../shared has no landmark CSV), SGD with momentum 0.9 and weight decay 5e-4, random horizontal
-flips, an evaluation over the whole validation set at iteration 0 and every P iterations that
+loss of Eq. 3 (the sum over the 40 attributes of lambda_j * MSE_j on +-1 targets, plus beta times
+the landmark loss of Eq. 1 when --landmarks names dmm's landmark CSV: the squared error of the 68
+points in [0, 1] image coordinates, summed per image, averaged over the images that have points),
+SGD with momentum 0.9 and weight decay 5e-4, random horizontal
+flips (which mirror the points with the iBUG map), an evaluation over the whole validation set at iteration 0 and every P iterations that
 updates the thresholds tau (Eq. 6, DMM-CNN), the loss weights lambda (Eq. 4 rescaled to sum to 40,
 DMM-CNN) and the plateau schedule (lr x 0.1 after `patience` evaluations without a relative
 improvement of 1e-4), a final evaluation, and the model with the best validation mean accuracy
@@ -14,6 +16,11 @@ evaluated on the test split with its thresholds. Images are decoded once, resize
 
     python3 bench/torch_train.py --root ../shared/data/celeba --variant dmm-cnn --width 32 \
         --size 109x89 --batch 32 --epochs 10 --lr 0.00025 --eval-every 281 --json out.json
+
+The built-in model's recipe (models/README.md), at its native size with the landmark head:
+
+    python3 bench/torch_train.py --root ../shared/data/celeba --variant dmm-cnn --width 16 \
+        --size 218x178 --landmarks runs/bundle-model/landmarks.csv --epochs 18 --json out.json
 """
 import argparse
 import json
@@ -86,17 +93,74 @@ class DmmCnn(Dmm):
     def __init__(self, w, groups, norm=True):
         super().__init__(w, 68, groups, norm)
         del self.trunk.fc
+        self.with_landmarks = False
 
     def forward(self, x):
-        return super().forward(x)[1]
+        _, attrs, points = super().forward(x)
+        return (attrs, points) if self.with_landmarks else attrs
 
 
-def evaluate(model, xs, ys, tau, batch):
+# iBUG 68-point mirror map (crates/dmm-data/src/pipeline.rs): point i of a flipped face is the
+# mirror of point FLIP[i].
+FLIP = [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17,
+        27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+        54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+
+
+def read_landmarks(path, names, size, native):
+    """dmm's landmark CSV (image,x0,y0,...) -> [n, 136] targets in [0, 1] output coordinates (pixel
+    centres map to pixel centres under a resize) and a [n] mask."""
+    rows = {}
+    with open(path) as f:
+        next(f)
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) == 137:
+                rows[parts[0]] = [float(v) for v in parts[1:]]
+    (h, w), (h0, w0) = size, native
+    pts, mask = torch.zeros(len(names), 136), torch.zeros(len(names))
+    for i, n in enumerate(names):
+        if n in rows:
+            p = torch.tensor(rows[n]).view(68, 2)
+            x = (p[:, 0] + 0.5) * w / w0 - 0.5
+            y = (p[:, 1] + 0.5) * h / h0 - 0.5
+            pts[i] = torch.stack([x / w, y / h], 1).reshape(-1)
+            mask[i] = 1.0
+    return pts, mask
+
+
+def flip_points(pts, w):
+    """Mirrors [b, 136] targets in [0, 1] coordinates of an image w pixels wide."""
+    p = pts.view(-1, 68, 2)[:, FLIP].clone()
+    p[:, :, 0] = ((w - 1) - p[:, :, 0] * w) / w
+    return p.reshape(-1, 136)
+
+
+def nme(pred, target, size):
+    """dmm's NME per face (crates/dmm-train/src/metrics.rs): mean point distance in pixels over the
+    distance between the outer eye corners 36 and 45."""
+    scale = torch.tensor([size[1], size[0]], dtype=torch.float64)
+    p, t = pred.double().view(-1, 68, 2) * scale, target.double().view(-1, 68, 2) * scale
+    return (p - t).norm(dim=2).mean(1) / (t[:, 36] - t[:, 45]).norm(dim=1)
+
+
+def evaluate(model, xs, ys, tau, batch, points=None):
+    """Attribute losses and accuracies; with points = (targets, mask, size), the landmark NME too."""
     model.eval()
     sq, fp, fn, tp, tn = torch.zeros(40, dtype=torch.float64), *(torch.zeros(40, dtype=torch.long) for _ in range(4))
+    nme_sum, n_points = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(xs), batch):
-            s = model(normalize(xs[i:i + batch]))
+            if points is not None:
+                model.with_landmarks = True
+                s, lm = model(normalize(xs[i:i + batch]))
+                model.with_landmarks = False
+                target, mask, size = points[0][i:i + batch], points[1][i:i + batch] > 0, points[2]
+                if mask.any():
+                    nme_sum += nme(lm[mask], target[mask], size).sum().item()
+                    n_points += int(mask.sum())
+            else:
+                s = model(normalize(xs[i:i + batch]))
             y = ys[i:i + batch]
             sq += ((s - y) ** 2).sum(0).double()
             pred, pos = s > tau, y > 0
@@ -110,7 +174,8 @@ def evaluate(model, xs, ys, tau, batch):
     tpr = torch.where(tp + fn > 0, tp.double() / (tp + fn).clamp(min=1), tn.double() / (tn + fp).clamp(min=1))
     tnr = torch.where(tn + fp > 0, tn.double() / (tn + fp).clamp(min=1), tpr)
     bal = (tpr + tnr) / 2
-    return {"losses": (sq / n).tolist(), "acc": acc.mean().item(), "bal": bal.mean().item(), "fp": fp, "fn": fn}
+    return {"losses": (sq / n).tolist(), "acc": acc.mean().item(), "bal": bal.mean().item(), "fp": fp, "fn": fn,
+            "nme": nme_sum / n_points if n_points else None}
 
 
 def main():
@@ -127,6 +192,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-head-norm", action="store_true", help="DMM-CNN without batch norm between SPP and FC (the control)")
+    p.add_argument("--landmarks", help="dmm's landmark CSV: train the landmark head too (DMM-CNN)")
+    p.add_argument("--beta", type=float, default=0.5, help="weight of the landmark loss (Eq. 3)")
+    p.add_argument("--minutes", type=float, help="stop training after this much wall time (loading included), to compare at equal time")
     p.add_argument("--json", help="write the summary here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -141,6 +209,15 @@ def main():
     print(f"loaded {', '.join(f'{k} {len(v[0])}' for k, v in data.items())} in {time.time() - started:.0f} s", flush=True)
     dmm = a.variant == "dmm-cnn"
     model = DmmCnn(a.width, read_groups(), not a.no_head_norm) if dmm else Baseline(a.width)
+    val_points = test_points = None
+    if a.landmarks:
+        if not dmm:
+            sys.exit("--landmarks needs --variant dmm-cnn")
+        img = Image.open(os.path.join(a.root, "img_align_celeba", splits[0][0]))
+        ptr, mtr = read_landmarks(a.landmarks, splits[0], size, (img.height, img.width))
+        val_points = (*read_landmarks(a.landmarks, splits[1], size, (img.height, img.width)), size)
+        test_points = (*read_landmarks(a.landmarks, splits[2], size, (img.height, img.width)), size)
+        print(f"landmarks for {int(mtr.sum())} of {len(mtr)} train images", flush=True)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     lam, tau, prev = torch.ones(40), torch.zeros(40), None
     lr, best_loss, bad = a.lr, None, 0
@@ -154,7 +231,7 @@ def main():
     def eval_step(epoch, last):
         nonlocal lam, tau, prev, lr, best_loss, bad, best
         tau_used = tau.clone()
-        ev = evaluate(model, xva, yva, tau_used, 64)
+        ev = evaluate(model, xva, yva, tau_used, 64, val_points)
         losses = torch.tensor(ev["losses"], dtype=torch.float64)
         if not last:
             if dmm:
@@ -172,38 +249,54 @@ def main():
                         g["lr"] = lr
             else:
                 best_loss, bad = mean_loss, 0
-        rec = {"iteration": it, "epoch": epoch, "loss": losses.mean().item(), "acc": ev["acc"], "bal": ev["bal"], "lr": lr, "seconds": time.time() - started}
+        rec = {"iteration": it, "epoch": epoch, "loss": losses.mean().item(), "acc": ev["acc"], "bal": ev["bal"], "nme": ev["nme"], "lr": lr, "seconds": time.time() - started}
         records.append(rec)
         print(json.dumps(rec), flush=True)
         if best is None or ev["acc"] > best[0]:
             best = (ev["acc"], {k: v.clone() for k, v in model.state_dict().items()}, tau_used.clone())
 
     model.train()
+    out_of_time = lambda: a.minutes is not None and time.time() - started > 60 * a.minutes  # noqa: E731
     for epoch in range(a.epochs):
+        if out_of_time():
+            break
         order = torch.randperm(len(xtr), generator=gen)
         for b in range(per_epoch):
+            if out_of_time():
+                break
             if it % a.eval_every == 0:
                 eval_step(epoch + 1, False)
             idx = order[b * a.batch:(b + 1) * a.batch]
             xs = normalize(xtr[idx])
             flip = torch.rand(len(idx), generator=gen) < 0.5
             xs[flip] = xs[flip].flip(3)
-            per_attr = ((model(xs) - ytr[idx]) ** 2).mean(0)
+            if a.landmarks:
+                model.with_landmarks = True
+                attrs, points = model(xs)
+                model.with_landmarks = False
+                target, mask = ptr[idx].clone(), mtr[idx]
+                target[flip] = flip_points(target[flip], size[1])
+                n_with = mask.sum()
+            else:
+                attrs, n_with = model(xs), 0
+            per_attr = ((attrs - ytr[idx]) ** 2).mean(0)
             loss = (per_attr * lam).sum()
+            if n_with > 0:
+                loss = loss + a.beta * ((((points - target) ** 2).sum(1) * mask).sum() / n_with)
             opt.zero_grad()
             loss.backward()
             opt.step()
             it += 1
-    eval_step(a.epochs, True)
+    eval_step(min(a.epochs, it // per_epoch + 1), True)
     train_seconds = time.time() - started
     model.load_state_dict(best[1])
     xte, yte = data["test"]
-    test = evaluate(model, xte, yte, best[2], 64)
+    test = evaluate(model, xte, yte, best[2], 64, test_points)
     majority = torch.where(ytr.mean(0) > 0, 1.0, -1.0)
     maj_acc = (yte == majority).double().mean().item()
-    out = {"variant": a.variant, "width": a.width, "size": a.size, "batch": a.batch, "epochs": a.epochs, "lr": a.lr,
-           "wall_seconds": train_seconds, "best_val_acc": best[0], "test_acc": test["acc"], "test_bal": test["bal"],
-           "majority_test_acc": maj_acc, "head_norm": dmm and not a.no_head_norm, "records": records}
+    out = {"variant": a.variant, "width": a.width, "size": a.size, "batch": a.batch, "epochs": a.epochs, "iterations": it, "minutes_budget": a.minutes, "lr": a.lr,
+           "wall_seconds": train_seconds, "best_val_acc": best[0], "test_acc": test["acc"], "test_bal": test["bal"], "test_nme": test["nme"],
+           "majority_test_acc": maj_acc, "landmarks": a.landmarks, "head_norm": dmm and not a.no_head_norm, "records": records}
     print(f"test mean accuracy {test['acc']:.4f}, balanced {test['bal']:.4f} (majority {maj_acc:.4f}); {train_seconds / 60:.1f} min")
     if a.json:
         with open(a.json, "w") as f:
