@@ -10,6 +10,7 @@
 //! - `cuda-build` builds the CUDA binary with nvcc from PyPI ([`cuda`]);
 //! - `mini-backbone` and `bundle-model` remake the models that ship: the trunk the `mini` preset
 //!   starts from (`data/pretrained/`) and the model built into `dmm predict` (`models/`) ([`bundle`]);
+//! - `fuzz` runs the cargo-fuzz targets of every parser a user's file reaches ([`fuzz`]);
 //! - `tidy` checks source hygiene and the crates' layering ([`tidy`]).
 //!
 //! Training runs as `dmm` child processes built in release mode, so xtask itself stays light
@@ -20,6 +21,7 @@ mod bundle;
 mod cuda;
 mod dmm;
 mod download;
+mod fuzz;
 mod report;
 mod runs;
 mod svg;
@@ -171,6 +173,24 @@ enum Command {
     },
     /// Check source hygiene: every .rs file opens with a `//!` doc saying what it is.
     Tidy,
+    /// Fuzz the parsers a user's file reaches (CelebA and LFWA label files, the landmark CSV,
+    /// checkpoints, images) with cargo-fuzz, seeded from the bundled data, under libFuzzer's 2 GiB
+    /// memory limit. Needs nightly and `cargo install cargo-fuzz`. Crash inputs go to
+    /// fuzz/artifacts/TARGET/.
+    Fuzz {
+        /// Targets to run (default: all): celeba_attributes, celeba_root, landmark_csv,
+        /// lfwa_text_split, checkpoint, image.
+        targets: Vec<String>,
+        /// Stop each target after this many seconds...
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// ... or this many executions, whichever comes first.
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
+        /// Without nightly or cargo-fuzz, say so and succeed (CI's smoke run).
+        #[arg(long)]
+        if_available: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -275,6 +295,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::BundleModel { root: data_root, out, landmarks } => {
             bundle::bundle_model(&root, &data_root, &out, &landmarks.unwrap_or_else(|| out.join(dmm_data::LANDMARKS_CSV)))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Fuzz { targets, seconds, runs, if_available } => {
+            let targets = if targets.is_empty() { fuzz::TARGETS.map(String::from).to_vec() } else { targets };
+            let Some(outcomes) = fuzz::fuzz(&root, &targets, seconds, runs, if_available)? else { return Ok(ExitCode::SUCCESS) };
+            Ok(if fuzz::report(&outcomes) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Tidy => {
             let problems = tidy::tidy(&root)?;

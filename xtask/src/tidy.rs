@@ -69,8 +69,10 @@ fn layering(root: &Path) -> anyhow::Result<Vec<String>> {
 
 fn module_docs(root: &Path) -> anyhow::Result<Vec<String>> {
     let mut files = Vec::new();
-    for dir in ["crates", "xtask"] {
-        collect_rs(&root.join(dir), &mut files)?;
+    for dir in ["crates", "xtask", "fuzz"] {
+        if root.join(dir).is_dir() {
+            collect_rs(&root.join(dir), &mut files)?;
+        }
     }
     files.sort();
     let mut problems = Vec::new();

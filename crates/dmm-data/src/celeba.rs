@@ -141,7 +141,13 @@ fn header_columns(file: &TextFile, line_no: usize, header: &str) -> Result<Vec<u
 
 fn read_count_line(file: &TextFile, line: Option<(usize, &str)>) -> Result<usize> {
     let (_, text) = line.ok_or_else(|| file.err(1, "empty file (expected the image count)"))?;
-    text.trim().parse().map_err(|_| file.err(1, format!("expected the image count, found `{}`", text.trim())))
+    let count: usize = text.trim().parse().map_err(|_| file.err(1, format!("expected the image count, found `{}`", text.trim())))?;
+    // Checked before anything is sized by it: a count of 10^19 must not reserve memory (fuzzing).
+    let rows = file.non_blank_lines().count().saturating_sub(2);
+    if count > rows {
+        return Err(file.err(1, format!("count line says {count} images but the file has {rows} rows")));
+    }
+    Ok(count)
 }
 
 fn check_unique(file: &TextFile, seen: &mut HashMap<String, usize>, name: &str, line_no: usize) -> Result<()> {
@@ -284,6 +290,17 @@ mod tests {
     fn wrong_header() {
         let text = format!("1\nimage {}\n{}\n", header(), row("1.jpg", 1));
         assert_eq!(attr_err(&text), ":2: header has 41 attribute names, expected 40");
+    }
+
+    #[test]
+    fn a_huge_count_is_refused_before_it_reserves_memory() {
+        // Found by `cargo xtask fuzz celeba_attributes` / `celeba_root`: the count sized the row
+        // vector, so 9999000000000980 aborted with "capacity overflow" and 40040400 took 2 GB.
+        let header = crate::CELEBA_ATTRIBUTES.join(" ");
+        for count in ["40040400", "9999000000000980"] {
+            let text = format!("{count}\n{header}\n");
+            assert_eq!(attr_err(&text), format!(":1: count line says {count} images but the file has 0 rows"));
+        }
     }
 
     #[test]
