@@ -19,7 +19,11 @@ pub struct Dmm {
 /// that inherited them would recompile ring and everything above it (about a minute) whenever a
 /// plain `cargo build` ran in between.
 pub fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    without_cargo_run_env(Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())))
+}
+
+/// `cmd` without the variables `cargo run` set for xtask itself (see [`cargo`]).
+pub fn without_cargo_run_env(mut cmd: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         let from_cargo_run = key.starts_with("CARGO_PKG_")

@@ -88,16 +88,10 @@ pub fn report(outcomes: &[Outcome]) -> bool {
 /// `cargo +nightly` through rustup, without the variables of the cargo that runs xtask (they
 /// would pin the stable toolchain).
 fn nightly_cargo() -> Command {
-    let mut cmd = Command::new("cargo");
+    let mut cmd = crate::dmm::without_cargo_run_env(Command::new("cargo"));
     cmd.arg("+nightly");
     for key in ["CARGO", "RUSTC", "RUSTUP_TOOLCHAIN", "RUSTDOC", "CARGO_TARGET_DIR"] {
         cmd.env_remove(key);
-    }
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_MANIFEST") || key.starts_with("CARGO_BIN") || key == "CARGO_CRATE_NAME" {
-            cmd.env_remove(key);
-        }
     }
     cmd
 }

@@ -270,11 +270,16 @@ mod tests {
     use super::*;
     use crate::Variant;
 
+    /// DMM-CNN at width 2 with 5 landmarks: every head, in a few kilobytes.
+    fn tiny() -> ModelConfig {
+        ModelConfig { variant: Variant::DmmCnn, width: 2, n_points: 5, ..ModelConfig::paper() }
+    }
+
     #[test]
     fn round_trip_keeps_weights_and_metadata() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        let cfg = ModelConfig { variant: Variant::DmmCnn, width: 2, n_points: 5, ..ModelConfig::paper() };
+        let cfg = tiny();
         let (model, varmap) = DmmModel::fresh(&cfg, &Device::Cpu)?;
         let mut meta = CheckpointMeta::new(cfg);
         meta.thresholds[3] = 0.25;
@@ -295,7 +300,7 @@ mod tests {
     fn an_f16_copy_loads_from_file_and_bytes() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let (f32_path, f16_path) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
-        let cfg = ModelConfig { variant: Variant::DmmCnn, width: 2, n_points: 5, ..ModelConfig::paper() };
+        let cfg = tiny();
         let (_, varmap) = DmmModel::fresh(&cfg, &Device::Cpu)?;
         let meta = CheckpointMeta::new(cfg);
         save(&f32_path, &varmap, &meta)?;
@@ -324,7 +329,7 @@ mod tests {
     fn damaged_files_are_refused_and_files_without_a_checksum_load() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        let cfg = ModelConfig { variant: Variant::DmmCnn, width: 2, n_points: 5, ..ModelConfig::paper() };
+        let cfg = tiny();
         let (_, varmap) = DmmModel::fresh(&cfg, &Device::Cpu)?;
         save(&path, &varmap, &CheckpointMeta::new(cfg.clone()))?;
         let good = std::fs::read(&path).unwrap();
