@@ -219,6 +219,33 @@ fn train_smoke_then_eval_json() {
     assert!(line.contains("already holds a run; pass --resume"), "{line}");
 }
 
+/// NaN, infinite, negative and zero settings and sizes no machine could hold are one line each,
+/// before anything is read or written.
+#[test]
+fn bad_hyper_parameters_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let root = repo().join("data/celeba");
+    for (flag, value, says) in [
+        ("--lr", "NaN", "learning rate must be a positive number"),
+        ("--lr", "inf", "learning rate must be a positive number"),
+        ("--lr", "-1", "learning rate must be a positive number"),
+        ("--lr", "0", "learning rate must be a positive number"),
+        ("--size", "0x0", "at least 32×32"),
+        ("--size", "-5x100", "--size height"),
+        ("--size", "20000x20000", "at most 1024×1024"),
+        ("--size", "big", "--size must be HxW"),
+        ("--width", "0", "must all be at least 1"),
+        ("--batch-size", "0", "must all be at least 1"),
+        ("--epochs", "0", "must all be at least 1"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let line = one_error(&["train", "--dataset", "celeba", "--root", root.to_str().unwrap(), "--preset", "smoke", &arg, "--out", out.to_str().unwrap()]);
+        assert!(line.contains(says), "{arg}: {line}");
+        assert!(!out.exists(), "{arg} created the run directory");
+    }
+}
+
 #[cfg(feature = "dlib")]
 #[test]
 fn landmarks_on_fixture_images_resume_and_report_no_face() {

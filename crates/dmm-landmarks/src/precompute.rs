@@ -118,11 +118,15 @@ where
     D: FnMut(&RgbImage) -> Result<Option<Vec<f32>>>,
 {
     let started = Instant::now();
+    let noface_file = noface_path(out);
+    // Rewrites cut short by a kill leave their temporary files; this run takes over the CSV.
+    for file in [out, noface_file.as_path()] {
+        dmm_data::fsutil::remove_stale_temporaries(file);
+    }
     let mut table = if out.exists() { LandmarkTable::read(out)? } else { LandmarkTable::new(N_POINTS) };
     if table.n_points() != N_POINTS {
         return Err(Error::Dlib(format!("{} holds {} points per face, dlib gives {N_POINTS}", out.display(), table.n_points())));
     }
-    let noface_file = noface_path(out);
     let mut noface = read_noface(&noface_file)?;
     let done: HashSet<&str> = table.rows().map(|(k, _)| k).chain(noface.iter().map(String::as_str)).collect();
     let todo: Vec<&(String, PathBuf)> = images.iter().filter(|(k, _)| !done.contains(k.as_str())).collect();

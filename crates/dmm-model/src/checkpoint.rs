@@ -155,12 +155,29 @@ pub fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: Option<
         .collect::<candle_core::Result<Vec<_>>>()?;
     let mut metadata = metadata.unwrap_or_default();
     metadata.insert(CHECKSUM_KEY.to_string(), String::from_utf8_lossy(CHECKSUM_PLACEHOLDER).into_owned());
-    let mut bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), Some(metadata))
+    let mut bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), Some(metadata.clone()))
         .map_err(|e| Error::format(path, format!("cannot serialize safetensors: {e}")))?;
+    sort_metadata(&mut bytes, &metadata).ok_or_else(|| Error::format(path, "the serialized header does not start with its metadata"))?;
     let span = checksum_span(&bytes).ok_or_else(|| Error::format(path, "the serialized header lost its checksum entry"))?;
     let crc = crc32fast::hash(&bytes);
     bytes[span].copy_from_slice(format!("{crc:08x}").as_bytes());
     dmm_core::fsutil::write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Rewrites the `__metadata__` map that opens a serialized safetensors header in key order.
+/// safetensors writes it in `HashMap` order, which differs from process to process, so without this
+/// the same weights written by a run and by its killed-and-resumed twin would differ in their bytes.
+/// The sorted map has the same length, so every offset stands.
+fn sort_metadata(bytes: &mut [u8], metadata: &HashMap<String, String>) -> Option<()> {
+    const OPENING: &[u8] = b"{\"__metadata__\":";
+    let sorted = serde_json::to_string(&metadata.iter().collect::<std::collections::BTreeMap<_, _>>()).ok()?;
+    let start = 8 + OPENING.len();
+    if bytes.get(8..start)? != OPENING {
+        return None;
+    }
+    let slot = bytes.get_mut(start..start + sorted.len())?;
+    let written: HashMap<String, String> = serde_json::from_slice(slot).ok()?;
+    (written == *metadata).then(|| slot.copy_from_slice(sorted.as_bytes()))
 }
 
 /// Where the checksum's eight digits sit in a safetensors file, if its header has one. Inside the
@@ -371,6 +388,28 @@ mod tests {
         let mut v: Vec<_> = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).unwrap().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The same tensors and metadata give the same bytes, whatever order the metadata map iterates
+    /// in (each `HashMap` hashes with its own keys), with the metadata keys in sorted order.
+    #[test]
+    fn the_same_checkpoint_is_the_same_bytes() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let tensors = [("w".to_string(), Tensor::arange(0f32, 6., &Device::Cpu)?)];
+        let keys: Vec<String> = (0..16).map(|i| format!("key{i:02}")).collect();
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let metadata: HashMap<String, String> = keys.iter().map(|k| (k.clone(), format!("value of {k}"))).collect();
+            write_atomic(&path, &tensors, Some(metadata))?;
+            seen.push(std::fs::read(&path).unwrap());
+        }
+        assert!(seen.iter().all(|b| *b == seen[0]), "the bytes differ between writes");
+        let text = String::from_utf8_lossy(&seen[0]);
+        let at: Vec<usize> = keys.iter().map(|k| text.find(&format!("\"{k}\"")).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "metadata keys are not in order: {text}");
+        verify(&seen[0], &path)?;
+        Ok(())
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct TrainConfig {
     pub init: Option<PathBuf>,
 }
 
+/// The largest input side `--size` accepts.
+pub const MAX_SIDE: usize = 1024;
+
 /// The trunk the `mini` preset starts from, relative to the repository root: the Baseline at
 /// width 8, 96×80, trained by dmm from scratch on 9,000 CelebA train images (`cargo xtask
 /// mini-backbone`, which remakes it; `data/pretrained/README.md` has its card). Its images are
@@ -163,7 +166,7 @@ impl TrainConfig {
         })
     }
 
-    /// Checks values that would make training meaningless.
+    /// Checks values that would make training meaningless (or exhaust memory).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Config(m.to_string()));
         if self.width == 0 || self.batch_size == 0 || self.epochs == 0 || self.eval_every == 0 {
@@ -175,6 +178,10 @@ impl TrainConfig {
         if let Some((h, w)) = self.input_size {
             if h < 32 || w < 32 {
                 return bad("input size must be at least 32×32");
+            }
+            // A batch at 1024×1024 already takes gigabytes of activations at the paper's width.
+            if h > MAX_SIDE || w > MAX_SIDE {
+                return Err(Error::Config(format!("input size must be at most {MAX_SIDE}×{MAX_SIDE} (CelebA's images are 218×178)")));
             }
         }
         if self.dataset == DatasetKind::Lfwa && self.eval_split == Split::Val {

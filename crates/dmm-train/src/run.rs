@@ -56,14 +56,17 @@ pub fn append_line(path: &Path, line: &str) -> Result<()> {
 }
 
 /// Keeps only the JSONL records whose `iteration` is at most `last` (records written after the
-/// resume point describe lost work), atomically.
+/// resume point describe lost work), atomically. A last line without its newline is a record cut
+/// short by a kill or a full disk: it is dropped as well.
 pub fn truncate_records(path: &Path, last: u64) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
+    let complete = &bytes[..bytes.iter().rposition(|&b| b == b'\n').map_or(0, |end| end + 1)];
+    let complete = std::str::from_utf8(complete).map_err(|e| Error::Run { path: path.to_path_buf(), msg: format!("not UTF-8: {e}") })?;
     let mut kept = String::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in complete.lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| Error::Run { path: path.to_path_buf(), msg: format!("line {}: not JSON: {e}", i + 1) })?;
         if v["iteration"].as_u64().is_some_and(|it| it <= last) {
@@ -72,4 +75,26 @@ pub fn truncate_records(path: &Path, last: u64) -> Result<()> {
         }
     }
     write_atomic(path, kept.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records after the resume point go, and so does a record cut short (no newline, possibly
+    /// inside a character); a damaged complete line is still an error naming the line.
+    #[test]
+    fn truncation_drops_later_records_and_a_cut_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let full = "{\"iteration\":0}\n{\"iteration\":4}\n{\"iteration\":8}\n{\"iteration\":12,\"head\":\"objectiv\u{e9}";
+        for cut in [full.len(), full.len() - 1] {
+            std::fs::write(&path, &full.as_bytes()[..cut]).unwrap();
+            truncate_records(&path, 4).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"iteration\":0}\n{\"iteration\":4}\n");
+        }
+        std::fs::write(&path, "{\"iteration\":0}\n{\"iteration\n").unwrap();
+        let err = truncate_records(&path, 4).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl") && err.contains("line 2"), "{err}");
+    }
 }
