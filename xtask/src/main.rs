@@ -191,6 +191,16 @@ enum Command {
         #[arg(long)]
         if_available: bool,
     },
+    /// Kill and full-disk tests: `dmm train` and `dmm landmarks` killed with SIGKILL 20 times
+    /// each (half of the kills inside a checkpoint or CSV write) and resumed, to the same bytes as
+    /// an uninterrupted run; a run on a full tmpfs (needs root); `cargo xtask download` killed 20
+    /// times mid-install (needs ../shared). Runs the ignored tests of
+    /// crates/dmm-cli/tests/faults.rs and xtask/tests/download_faults.rs in release, a few minutes.
+    Faults {
+        /// Build dmm without dlib and skip the landmark test.
+        #[arg(long)]
+        no_landmarks: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -300,6 +310,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let targets = if targets.is_empty() { fuzz::TARGETS.map(String::from).to_vec() } else { targets };
             let Some(outcomes) = fuzz::fuzz(&root, &targets, seconds, runs, if_available)? else { return Ok(ExitCode::SUCCESS) };
             Ok(if fuzz::report(&outcomes) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Faults { no_landmarks } => {
+            let features = if no_landmarks { "" } else { "dlib" };
+            let suites: [(&str, &str, &str); 2] = [("dmm-cli", "faults", features), ("xtask", "download_faults", "")];
+            let mut failed = Vec::new();
+            for (package, test, features) in suites {
+                let mut cmd = dmm::cargo();
+                cmd.current_dir(&root).args(["test", "--release", "-p", package, "--test", test]);
+                if !features.is_empty() {
+                    cmd.args(["--features", features]);
+                }
+                cmd.args(["--", "--ignored", "--nocapture", "--test-threads", "1"]);
+                if !cmd.status().with_context(|| format!("running cargo test -p {package} --test {test}"))?.success() {
+                    failed.push(format!("{package}/tests/{test}.rs"));
+                }
+            }
+            for f in &failed {
+                eprintln!("failed: {f}");
+            }
+            Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Tidy => {
             let problems = tidy::tidy(&root)?;

@@ -404,6 +404,9 @@ pub struct LandmarksArgs {
     /// Worker threads (each loads its own 100 MB model).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Images between two rewrites of the CSV: an interrupted run loses at most this many.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk: u64,
     /// dlib's 68-point shape predictor.
     #[arg(long, value_name = "FILE", default_value = dmm_landmarks::DEFAULT_PREDICTOR)]
     pub predictor: PathBuf,

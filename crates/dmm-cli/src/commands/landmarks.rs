@@ -22,7 +22,7 @@ pub fn run(args: LandmarksArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!images.is_empty(), "no .jpg, .jpeg or .png images in {:?}", args.images);
     // Fail early, with the path, if the model cannot be loaded.
     drop(Dlib::new(&args.predictor)?);
-    let options = Options { jobs: args.jobs.unwrap_or(Options::default().jobs), ..Default::default() };
+    let options = Options { jobs: args.jobs.unwrap_or(Options::default().jobs), chunk: usize::try_from(args.chunk).unwrap_or(usize::MAX) };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}").expect("valid template"),
     );
