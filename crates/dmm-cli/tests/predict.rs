@@ -135,6 +135,7 @@ fn unreadable_files_are_reported_and_skipped() {
     // 69 bytes whose header claims 60000×60000 RGB pixels (10 GB decoded): made by
     // `struct`/`zlib` in Python, IHDR 60000 60000 8 2 0 0 0, then a 64-byte IDAT and IEND.
     std::fs::copy(repo().join("crates/dmm-cli/tests/fixtures/claims-60000x60000.png"), dir.path().join("e_huge.png")).unwrap();
+    image::RgbImage::new(1, 1).save(dir.path().join("f_one_pixel.png")).unwrap();
     let ann = dir.path().join("ann");
     let out = dmm(&["predict", "--model", model(), dir.path().to_str().unwrap(), "--json", "--annotate", ann.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -145,10 +146,30 @@ fn unreadable_files_are_reported_and_skipped() {
     assert!(lines[0].starts_with("b_truncated.jpg: ") && lines[0].contains("truncated"), "{err}");
     assert!(lines[1].starts_with("c_text.jpg: ") && lines[1].contains("cannot decode"), "{err}");
     assert!(lines[2].starts_with("e_huge.png: ") && lines[2].contains("image of 60000×60000 pixels would take 10299 MiB decoded"), "{err}");
-    assert!(lines[3].starts_with("predicted 2 of 5 images") && lines[3].ends_with("; 3 failed"), "{err}");
+    assert!(lines[3].starts_with("f_one_pixel.png: ") && lines[3].contains("1×1 pixels is too small"), "{err}");
+    assert!(lines[4].starts_with("predicted 2 of 6 images") && lines[4].ends_with("; 4 failed"), "{err}");
     let mut written: Vec<String> = std::fs::read_dir(&ann).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     written.sort();
     assert_eq!(written, ["a_good.jpg.png", "d_good.jpg.png"], "nothing written for a failed image");
+}
+
+/// An empty folder and a folder of 100,000 files that are not images: one line each, at once.
+#[test]
+fn folders_without_images_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, junk) = (dir.path().join("empty"), dir.path().join("junk"));
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::create_dir(&junk).unwrap();
+    for i in 0..100_000 {
+        std::fs::File::create(junk.join(format!("{i}.txt"))).unwrap();
+    }
+    for folder in [&empty, &junk] {
+        let out = dmm(&["predict", folder.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("no .jpg, .jpeg or .png images in {}", folder.display())), "{err}");
+    }
 }
 
 #[test]

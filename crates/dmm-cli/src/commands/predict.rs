@@ -51,6 +51,11 @@ struct Input {
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    // The images first: a wrong path is answered before seconds of model loading.
+    let images = dmm_landmarks::collect_images(&args.images)?;
+    if images.is_empty() {
+        anyhow::bail!("no .jpg, .jpeg or .png images in {}", args.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
     let device = args.device.open()?;
     let (ckpt, model_name) = match &args.model {
         Some(model) => {
@@ -60,10 +65,6 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         }
         None => (crate::bundled::load(&device).context("loading the built-in model")?, format!("{} (built in; models/README.md)", crate::bundled::NAME)),
     };
-    let images = dmm_landmarks::collect_images(&args.images)?;
-    if images.is_empty() {
-        anyhow::bail!("no .jpg, .jpeg or .png images in {}", args.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
-    }
     let mut detector = Detector::new(args.detect, args.predictor.as_deref())?;
     if let Some(dir) = &args.annotate {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -199,10 +200,11 @@ impl Detector {
             None => &photo,
         };
         let pre_resize = (seen.height() as usize, seen.width() as usize);
-        let prepared = transform.apply(seen, None, false)?;
-        if prepared.height < 32 || prepared.width < 32 {
-            anyhow::bail!("{}×{} is too small (at least 32×32)", prepared.width, prepared.height);
+        // Checked before the resize, which would blow a 1×1 picture up to the model's input size.
+        if seen.height() < 32 || seen.width() < 32 {
+            anyhow::bail!("{}×{} pixels is too small to hold a face (at least 32×32)", seen.width(), seen.height());
         }
+        let prepared = transform.apply(seen, None, false)?;
         Ok(Input { key, to_crop, face, hw: (prepared.height, prepared.width), chw: prepared.chw, pre_resize, photo })
     }
 
