@@ -52,6 +52,22 @@ pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     Ok(img.into_rgb8())
 }
 
+/// Checks `bytes` as [`decode_bytes`] would (format by content, a JPEG's end marker, the decoded
+/// size) without decoding them, and returns their format: another decoder may then take the file
+/// (dmm-landmarks decodes JPEGs with libjpeg-turbo, as Python's pipeline does).
+pub fn check(path: &Path, bytes: &[u8]) -> Result<image::ImageFormat> {
+    let format = check_format(path, bytes)?;
+    open_decoder(path, bytes)?;
+    Ok(format)
+}
+
+/// The EXIF orientation of an image in memory (checked as [`check`] does), for pixels decoded by
+/// another decoder.
+pub fn orientation(path: &Path, bytes: &[u8]) -> Result<image::metadata::Orientation> {
+    use image::ImageDecoder;
+    open_decoder(path, bytes)?.orientation().map_err(|cause| Error::Image { path: path.to_path_buf(), cause })
+}
+
 /// [`decode`] for photos: also applies the EXIF orientation (a phone picture stored sideways
 /// with "rotate 90°" in its metadata comes out upright). Training reads CelebA and LFW, which carry
 /// no orientation, through [`decode`] so the stored pixels and their landmark CSV agree.

@@ -23,6 +23,54 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn dmm_dlib_decode_jpeg(data: *const u8, len: usize, width: *mut c_int, height: *mut c_int, err: *mut c_char, err_len: usize) -> *mut u8;
+    fn dmm_dlib_free_buffer(buffer: *mut u8);
+}
+
+/// Decodes `path` for the detector as Python's pipeline (`PIL.Image.open(p).convert('RGB')`)
+/// does. JPEGs go through libjpeg-turbo, the library behind Pillow's JPEG decoder, at its default
+/// settings (dlib's loader over the system libjpeg62-turbo), after dmm-data's checks for
+/// truncation and size. Other files, and CMYK JPEGs, go through dmm-data's decoder. The `image`
+/// crate's JPEG decoder rounds the IDCT and upsamples chroma differently, by a few levels per pixel,
+/// and that moves dlib's points by up to several pixels.
+pub fn decode_like_pil(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
+    decode_bytes_like_pil(path, &bytes)
+}
+
+/// [`decode_like_pil`] for photos (`dmm predict --detect`): also applies the EXIF orientation.
+pub fn decode_oriented_like_pil(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), cause: e })?;
+    let img = decode_bytes_like_pil(path, &bytes)?;
+    let mut img = image::DynamicImage::ImageRgb8(img);
+    img.apply_orientation(dmm_data::pipeline::orientation(path, &bytes)?);
+    Ok(img.into_rgb8())
+}
+
+fn decode_bytes_like_pil(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
+    if dmm_data::pipeline::check(path, bytes)? != image::ImageFormat::Jpeg {
+        return Ok(dmm_data::pipeline::decode_bytes(path, bytes)?);
+    }
+    let (mut width, mut height) = (0 as c_int, 0 as c_int);
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `bytes` is live for the call; the outputs are writable; the returned buffer is
+    // width·height·3 bytes from malloc, copied and then freed once by dmm_dlib_free_buffer.
+    let pixels = unsafe {
+        let buffer = dmm_dlib_decode_jpeg(bytes.as_ptr(), bytes.len(), &mut width, &mut height, err.as_mut_ptr(), err.len());
+        if buffer.is_null() {
+            None
+        } else {
+            let len = width as usize * height as usize * 3;
+            let copy = std::slice::from_raw_parts(buffer, len).to_vec();
+            dmm_dlib_free_buffer(buffer);
+            Some(copy)
+        }
+    };
+    match pixels.and_then(|p| RgbImage::from_raw(width as u32, height as u32, p)) {
+        Some(img) => Ok(img),
+        // CMYK, or anything libjpeg refuses: dmm-data's decoder decides (and names the problem).
+        None => Ok(dmm_data::pipeline::decode_bytes(path, bytes)?),
+    }
 }
 
 /// dlib's HOG frontal face detector and 68-point shape predictor.

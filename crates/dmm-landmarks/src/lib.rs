@@ -16,11 +16,20 @@ mod dlib;
 
 
 #[cfg(feature = "dlib")]
-pub use dlib::Dlib;
+pub use dlib::{decode_like_pil, decode_oriented_like_pil, Dlib};
 pub mod precompute;
 pub use precompute::{collect_images, precompute, Options, Summary};
 
 use std::path::PathBuf;
+
+/// Decodes an image for the detector: as Python's pipeline does with the `dlib` feature (JPEGs
+/// through libjpeg-turbo, see `decode_like_pil`), else with dmm-data's decoder.
+pub fn decode(path: &std::path::Path) -> Result<image::RgbImage> {
+    #[cfg(feature = "dlib")]
+    return decode_like_pil(path);
+    #[cfg(not(feature = "dlib"))]
+    return Ok(dmm_data::pipeline::decode(path)?);
+}
 
 /// Where Debian's libdlib-data puts the 68-point model.
 pub const DEFAULT_PREDICTOR: &str = "/usr/share/dlib/shape_predictor_68_face_landmarks.dat";

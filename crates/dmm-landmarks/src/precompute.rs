@@ -145,7 +145,7 @@ where
                     |detector, (key, path)| {
                         let result = match detector {
                             Err(e) => Err(e.clone()),
-                            Ok(d) => dmm_data::pipeline::decode(path)
+                            Ok(d) => crate::decode(path)
                                 .map_err(|e| e.to_string())
                                 .and_then(|img| d(&img).map_err(|e| e.to_string())),
                         };

@@ -3,7 +3,11 @@
 #include <dlib/image_processing.h>
 #include <dlib/image_processing/frontal_face_detector.h>
 #include <dlib/serialize.h>
+// Debian's libdlib is built with libjpeg62-turbo; the loader's settings are libjpeg's defaults.
+#define DLIB_JPEG_SUPPORT
+#include <dlib/image_loader/jpeg_loader.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -82,5 +86,45 @@ int dmm_dlib_landmarks(dmm_dlib* h, const unsigned char* rgb, int width, int hei
         return -1;
     }
 }
+
+// Decodes JPEG bytes with libjpeg(-turbo) at its default settings (accurate integer IDCT, fancy
+// chroma upsampling): the pixels Pillow gives for `Image.open(p).convert('RGB')`. Returns a
+// malloc'd buffer of width·height·3 RGB bytes (release it with dmm_dlib_free_buffer) and sets
+// width and height, or returns null with the reason in `err`. Four-component (CMYK) files are
+// refused: the caller decodes those itself.
+unsigned char* dmm_dlib_decode_jpeg(const unsigned char* data, size_t len, int* width, int* height,
+                                    char* err, size_t err_len) {
+    try {
+        dlib::jpeg_loader loader(data, len);
+        if (!loader.is_gray() && !loader.is_rgb()) {
+            set_error(err, err_len, "not a 1- or 3-component JPEG");
+            return nullptr;
+        }
+        dlib::array2d<dlib::rgb_pixel> img;
+        loader.get_image(img);
+        const size_t w = img.nc(), h = img.nr();
+        unsigned char* out = static_cast<unsigned char*>(std::malloc(w * h * 3 + 1));
+        if (!out) {
+            set_error(err, err_len, "out of memory");
+            return nullptr;
+        }
+        for (size_t y = 0; y < h; ++y) {
+            for (size_t x = 0; x < w; ++x) {
+                unsigned char* p = out + 3 * (y * w + x);
+                p[0] = img[y][x].red;
+                p[1] = img[y][x].green;
+                p[2] = img[y][x].blue;
+            }
+        }
+        *width = static_cast<int>(w);
+        *height = static_cast<int>(h);
+        return out;
+    } catch (const std::exception& e) {
+        set_error(err, err_len, e.what());
+        return nullptr;
+    }
+}
+
+void dmm_dlib_free_buffer(unsigned char* buffer) { std::free(buffer); }
 
 }  // extern "C"

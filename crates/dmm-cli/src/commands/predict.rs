@@ -88,7 +88,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         // Decode (and crop) in parallel; a failure is reported and the others go on.
         let decoded: Vec<anyhow::Result<(String, RgbImage)>> = chunk
             .par_iter()
-            .map(|(key, path)| dmm_data::pipeline::decode_oriented(path).map(|img| (key.clone(), img)).map_err(anyhow::Error::from))
+            .map(|(key, path)| decode_photo(path, args.detect).map(|img| (key.clone(), img)))
             .collect();
         let mut inputs = Vec::new();
         for ((key, _), result) in chunk.iter().zip(decoded) {
@@ -159,6 +159,17 @@ fn to_photo(normalized: &[f32], input: &Input, (h, w): (usize, usize)) -> Vec<f3
         Some(t) => t.inverse().apply_points(&crop),
         None => crop,
     }
+}
+
+/// A photo with its EXIF orientation applied. With `--detect`, JPEGs are decoded as Python's dlib
+/// pipeline decodes them (libjpeg-turbo, as Pillow), so dlib finds the points Python finds.
+fn decode_photo(path: &Path, detect: bool) -> anyhow::Result<RgbImage> {
+    #[cfg(feature = "dlib")]
+    if detect {
+        return Ok(dmm_landmarks::decode_oriented_like_pil(path)?);
+    }
+    let _ = detect;
+    Ok(dmm_data::pipeline::decode_oriented(path)?)
 }
 
 /// `--detect`: dlib's largest face, aligned to CelebA's crop; otherwise the photo as given.
