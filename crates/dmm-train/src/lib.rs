@@ -22,4 +22,4 @@ pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use metrics::Evaluation;
 pub use run::RunDir;
-pub use trainer::{joint_loss, train, JointLoss, Outcome, Record, TrainOptions, TrainState};
+pub use trainer::{joint_loss, train, JointLoss, Outcome, Profile, Record, TrainOptions, TrainState};

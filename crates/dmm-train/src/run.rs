@@ -1,7 +1,9 @@
 //! The run directory: `config.json` (the resolved configuration), `last.safetensors` (the resume
 //! point: model, metadata, training state and optimizer buffers in one atomic file),
 //! `model.safetensors` (the best model by evaluation mean accuracy, with its thresholds — the one to
-//! predict with) and `metrics.jsonl` (one record per evaluation).
+//! predict with), `metrics.jsonl` (one record per evaluation) and `profile.json` (where the wall
+//! time of the call that finished the run went: loader, forward, backward, update, evaluation,
+//! checkpoints; not part of the result, so resumed runs differ only there).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,11 @@ impl RunDir {
     /// `model.safetensors`, the best model.
     pub fn best(&self) -> PathBuf {
         self.path.join("model.safetensors")
+    }
+
+    /// `profile.json`, where the finishing call's time went.
+    pub fn profile(&self) -> PathBuf {
+        self.path.join("profile.json")
     }
 
     /// `metrics.jsonl`.

@@ -105,12 +105,75 @@ pub enum Outcome {
     Finished {
         /// Best evaluation mean accuracy.
         best_accuracy: f64,
+        /// Where this call's wall time went (zero when it had nothing left to train).
+        profile: Profile,
     },
     /// Stopped after the checkpoint at this iteration because `stop_after` was reached.
     Stopped {
         /// Iterations done.
         iteration: u64,
     },
+}
+
+/// Where the wall time of one [`train`] call went, in seconds. On a GPU the kernels run
+/// asynchronously: a phase is charged up to the next point that waits for results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Profile {
+    /// Waiting for the loader's next training batch (decoding runs ahead on its own thread).
+    pub loader: f64,
+    /// Forward pass and joint loss (Eq. 3), up to reading the loss value.
+    pub forward: f64,
+    /// Backward pass.
+    pub backward: f64,
+    /// SGD step (weight decay, momentum, clipping) and the weighting scheme's bookkeeping.
+    pub update: f64,
+    /// Evaluations, their loader included (and AW's per-iteration validation batches).
+    pub evaluation: f64,
+    /// Writing metrics.jsonl and the checkpoints.
+    pub checkpoint: f64,
+    /// The whole call, setup included.
+    pub total: f64,
+    /// Training iterations run in this call.
+    pub iterations: u64,
+    /// Training images run in this call.
+    pub images: u64,
+}
+
+impl Profile {
+    /// Training images per second over the whole call.
+    pub fn images_per_second(&self) -> f64 {
+        self.images as f64 / self.total.max(1e-9)
+    }
+
+    /// One line: each phase's seconds and share of the total.
+    pub fn summary(&self) -> String {
+        let share = |s: f64| 100.0 * s / self.total.max(1e-9);
+        let phases = [
+            ("loader", self.loader),
+            ("forward", self.forward),
+            ("backward", self.backward),
+            ("update", self.update),
+            ("evaluation", self.evaluation),
+            ("checkpoint", self.checkpoint),
+        ];
+        let other = self.total - phases.iter().map(|(_, s)| s).sum::<f64>();
+        let parts: Vec<String> =
+            phases.iter().chain([("other", other)].iter()).map(|(n, s)| format!("{n} {s:.1} s ({:.0}%)", share(*s))).collect();
+        format!(
+            "time: {:.1} s for {} iterations ({:.1} img/s): {}",
+            self.total,
+            self.iterations,
+            self.images_per_second(),
+            parts.join(", ")
+        )
+    }
+}
+
+/// Adds the time since `since` to `slot` and returns now.
+fn charge(slot: &mut f64, since: Instant) -> Instant {
+    let now = Instant::now();
+    *slot += (now - since).as_secs_f64();
+    now
 }
 
 /// Options that do not change the result.
@@ -131,6 +194,8 @@ pub struct TrainOptions {
 /// Trains per `config` in `run`; see the module docs.
 pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Result<Outcome> {
     config.validate()?;
+    let call_started = Instant::now();
+    let mut profile = Profile::default();
     let device = options.device.open()?;
     let say = |msg: String| eprintln!("{msg}");
     prepare_run_dir(config, run, options)?;
@@ -185,7 +250,7 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
         let state: TrainState = serde_json::from_str(&json).map_err(|e| Error::Run { path: run.last(), msg: format!("bad training state: {e}") })?;
         truncate_records(&run.metrics(), state.iteration)?;
         if state.finished && state.iteration >= total {
-            return Ok(Outcome::Finished { best_accuracy: state.best_accuracy.unwrap_or(0.0) });
+            return Ok(Outcome::Finished { best_accuracy: state.best_accuracy.unwrap_or(0.0), profile });
         }
         if state.finished {
             reopened = Some(reopen_final_evaluation(config, run, state.iteration)?);
@@ -232,22 +297,31 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
         state.finished = false;
         state.evaluations -= 1;
         let epoch = state.iteration / per_epoch + 1;
+        let t = Instant::now();
         let mut record = evaluation_step(config, &model, &eval_loader, &mut state, epoch, false, &device)?;
+        let t = charge(&mut profile.evaluation, t);
         record.train_loss = train_loss;
         finish_evaluation(config, run, &varmap, &sgd, &mut meta, &mut state, &record, &bar, options.quiet)?;
+        charge(&mut profile.checkpoint, t);
     }
     let started = Instant::now();
-    let mut trained_images = 0u64;
     // The evaluation at the resume point is already in the log and in the state.
     let mut resumed_at = resuming.then_some(state.iteration);
 
     while state.iteration < total {
         let epoch = state.iteration / per_epoch;
         let first = (state.iteration % per_epoch) as usize;
-        for batch in train_loader.epoch_from(epoch, first) {
+        let mut batches = train_loader.epoch_from(epoch, first);
+        loop {
+            let t = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            charge(&mut profile.loader, t);
             if state.iteration % config.eval_every as u64 == 0 && resumed_at.take() != Some(state.iteration) {
+                let t = Instant::now();
                 let record = evaluation_step(config, &model, &eval_loader, &mut state, epoch + 1, false, &device)?;
+                let t = charge(&mut profile.evaluation, t);
                 finish_evaluation(config, run, &varmap, &sgd, &mut meta, &mut state, &record, &bar, options.quiet)?;
+                charge(&mut profile.checkpoint, t);
                 if options.stop_after.is_some_and(|s| state.iteration >= s) {
                     bar.finish_and_clear();
                     return Ok(Outcome::Stopped { iteration: state.iteration });
@@ -255,23 +329,31 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
             }
             resumed_at = None;
             let batch = batch?;
-            let loss = train_step(config, &model, &mut sgd, &mut state, &batch, &device)?;
+            let loss = train_step(config, &model, &mut sgd, &mut state, &batch, &device, &mut profile)?;
             if state.weighting.needs_validation_batch() {
+                let t = Instant::now();
                 aw_batch(config, &model, &eval_loader, &mut state, &device)?;
+                charge(&mut profile.evaluation, t);
             }
-            trained_images += batch.len() as u64;
+            profile.images += batch.len() as u64;
+            profile.iterations += 1;
             state.iteration += 1;
             bar.inc(1);
-            let rate = trained_images as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let rate = profile.images as f64 / started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {loss:.4}  lr {:.1e}  {rate:.1} img/s", state.plateau.lr));
         }
         state.weighting.on_epoch_end();
     }
+    let t = Instant::now();
     let record = evaluation_step(config, &model, &eval_loader, &mut state, config.epochs as u64, true, &device)?;
+    let t = charge(&mut profile.evaluation, t);
     state.finished = true;
     finish_evaluation(config, run, &varmap, &sgd, &mut meta, &mut state, &record, &bar, options.quiet)?;
+    charge(&mut profile.checkpoint, t);
     bar.finish_and_clear();
-    Ok(Outcome::Finished { best_accuracy: state.best_accuracy.unwrap_or(record.mean_accuracy) })
+    profile.total = call_started.elapsed().as_secs_f64();
+    write_atomic(&run.profile(), serde_json::to_string_pretty(&profile).expect("profile serializes").as_bytes())?;
+    Ok(Outcome::Finished { best_accuracy: state.best_accuracy.unwrap_or(record.mean_accuracy), profile })
 }
 
 /// Random flips are safe unless landmarks have no known mirror map.
@@ -347,7 +429,16 @@ pub fn joint_loss(out: &dmm_model::DmmOutput, batch: &dmm_data::Batch, lambda: &
 }
 
 /// Forward, joint loss (Eq. 3), backward and an SGD step. Returns the joint loss.
-fn train_step(config: &TrainConfig, model: &DmmModel, sgd: &mut Sgd, state: &mut TrainState, batch: &dmm_data::Batch, device: &Device) -> Result<f64> {
+fn train_step(
+    config: &TrainConfig,
+    model: &DmmModel,
+    sgd: &mut Sgd,
+    state: &mut TrainState,
+    batch: &dmm_data::Batch,
+    device: &Device,
+    profile: &mut Profile,
+) -> Result<f64> {
+    let t = Instant::now();
     let out = model.forward_t(&images(batch, device)?, true)?;
     let JointLoss { loss, per_attribute } = joint_loss(&out, batch, state.weighting.weights(), config.beta, device)?;
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -357,12 +448,15 @@ fn train_step(config: &TrainConfig, model: &DmmModel, sgd: &mut Sgd, state: &mut
             state.iteration
         )));
     }
+    let t = charge(&mut profile.forward, t);
     let grads = loss.backward()?;
+    let t = charge(&mut profile.backward, t);
     sgd.step(&grads, state.plateau.lr, config.grad_clip)?;
     let per_attr: Vec<f64> = per_attribute.to_dtype(DType::F64)?.to_vec1()?;
     state.weighting.on_train_batch(&per_attr);
     state.train_loss_sum += value;
     state.train_batches += 1;
+    charge(&mut profile.update, t);
     Ok(value)
 }
 

@@ -33,7 +33,15 @@ fn smoke_writes_records_and_a_loadable_model() {
     let run = RunDir::new(dir.path().join("run"));
     let quiet = TrainOptions { quiet: true, ..Default::default() };
     let outcome = train(&smoke(), &run, &quiet).unwrap();
-    assert!(matches!(outcome, Outcome::Finished { .. }));
+    let Outcome::Finished { profile, .. } = outcome else { panic!("not finished: {outcome:?}") };
+    // Where the time went: 6 iterations of 8 images, every phase charged, none beyond the whole.
+    assert_eq!((profile.iterations, profile.images), (6, 48));
+    let phases = [profile.loader, profile.forward, profile.backward, profile.update, profile.evaluation, profile.checkpoint];
+    assert!(phases.iter().all(|&s| s >= 0.0) && profile.forward > 0.0 && profile.backward > 0.0 && profile.evaluation > 0.0);
+    assert!(phases.iter().sum::<f64>() <= profile.total, "{profile:?}");
+    let stored: dmm_train::Profile = serde_json::from_str(&std::fs::read_to_string(run.profile()).unwrap()).unwrap();
+    assert_eq!(stored, profile);
+    assert!(profile.summary().starts_with("time: "));
     let recs = records(&run);
     assert_eq!(recs.iter().map(|r| r.iteration).collect::<Vec<_>>(), [0, 3, 6]);
     assert!(recs.iter().all(|r| r.lambda.len() == 40 && r.tau.len() == 40 && r.n_eval == 16));

@@ -60,12 +60,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let options = TrainOptions { resume: args.resume, quiet: args.quiet, stop_after: args.stop_after, offline: args.offline, device: args.device };
     let outcome = dmm_train::train(&cfg, &run, &options).with_context(|| format!("training into {}", args.out.display()))?;
     let text = match outcome {
-        Outcome::Finished { best_accuracy } => format!(
-            "finished: best {} mean accuracy {best_accuracy:.4}; model {}, log {}\n",
-            cfg.eval_split,
-            run.best().display(),
-            run.metrics().display()
-        ),
+        Outcome::Finished { best_accuracy, profile } => {
+            let mut text = format!(
+                "finished: best {} mean accuracy {best_accuracy:.4}; model {}, log {}\n",
+                cfg.eval_split,
+                run.best().display(),
+                run.metrics().display()
+            );
+            if profile.iterations > 0 {
+                text.push_str(&format!("{}\n", profile.summary()));
+            }
+            text
+        }
         Outcome::Stopped { iteration } => format!("stopped after iteration {iteration}; continue with --resume\n"),
     };
     crate::output::print(&text)
