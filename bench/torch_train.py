@@ -206,7 +206,8 @@ def main():
     for k, name in [(0, "train"), (1, "val"), (2, "test")]:
         names = splits[k]
         data[name] = (load(a.root, names, size), torch.tensor([labels[n] for n in names]))
-    print(f"loaded {', '.join(f'{k} {len(v[0])}' for k, v in data.items())} in {time.time() - started:.0f} s", flush=True)
+    load_seconds = time.time() - started
+    print(f"loaded {', '.join(f'{k} {len(v[0])}' for k, v in data.items())} in {load_seconds:.0f} s", flush=True)
     dmm = a.variant == "dmm-cnn"
     model = DmmCnn(a.width, read_groups(), not a.no_head_norm) if dmm else Baseline(a.width)
     val_points = test_points = None
@@ -227,9 +228,12 @@ def main():
     total = per_epoch * a.epochs
     it, records = 0, []
     gen = torch.Generator().manual_seed(a.seed)
+    # Where the time after loading goes, as dmm's profile.json splits it.
+    prof = dict(loader=0.0, forward=0.0, backward=0.0, update=0.0, evaluation=0.0, other=0.0)
 
     def eval_step(epoch, last):
         nonlocal lam, tau, prev, lr, best_loss, bad, best
+        t0 = time.time()
         tau_used = tau.clone()
         ev = evaluate(model, xva, yva, tau_used, 64, val_points)
         losses = torch.tensor(ev["losses"], dtype=torch.float64)
@@ -254,6 +258,7 @@ def main():
         print(json.dumps(rec), flush=True)
         if best is None or ev["acc"] > best[0]:
             best = (ev["acc"], {k: v.clone() for k, v in model.state_dict().items()}, tau_used.clone())
+        prof["evaluation"] += time.time() - t0
 
     model.train()
     out_of_time = lambda: a.minutes is not None and time.time() - started > 60 * a.minutes  # noqa: E731
@@ -266,10 +271,13 @@ def main():
                 break
             if it % a.eval_every == 0:
                 eval_step(epoch + 1, False)
+            t0 = time.time()
             idx = order[b * a.batch:(b + 1) * a.batch]
             xs = normalize(xtr[idx])
             flip = torch.rand(len(idx), generator=gen) < 0.5
             xs[flip] = xs[flip].flip(3)
+            t1 = time.time()
+            prof["loader"] += t1 - t0
             if a.landmarks:
                 model.with_landmarks = True
                 attrs, points = model(xs)
@@ -283,20 +291,27 @@ def main():
             loss = (per_attr * lam).sum()
             if n_with > 0:
                 loss = loss + a.beta * ((((points - target) ** 2).sum(1) * mask).sum() / n_with)
+            t2 = time.time()
+            prof["forward"] += t2 - t1
             opt.zero_grad()
             loss.backward()
+            t3 = time.time()
+            prof["backward"] += t3 - t2
             opt.step()
+            prof["update"] += time.time() - t3
             it += 1
     eval_step(min(a.epochs, it // per_epoch + 1), True)
     train_seconds = time.time() - started
+    prof["other"] = train_seconds - load_seconds - sum(v for k, v in prof.items() if k != "other")
     model.load_state_dict(best[1])
     xte, yte = data["test"]
     test = evaluate(model, xte, yte, best[2], 64, test_points)
     majority = torch.where(ytr.mean(0) > 0, 1.0, -1.0)
     maj_acc = (yte == majority).double().mean().item()
     out = {"variant": a.variant, "width": a.width, "size": a.size, "batch": a.batch, "epochs": a.epochs, "iterations": it, "minutes_budget": a.minutes, "lr": a.lr,
-           "wall_seconds": train_seconds, "best_val_acc": best[0], "test_acc": test["acc"], "test_bal": test["bal"], "test_nme": test["nme"],
+           "wall_seconds": train_seconds, "load_seconds": load_seconds, "profile": prof, "images_trained": it * a.batch, "best_val_acc": best[0], "test_acc": test["acc"], "test_bal": test["bal"], "test_nme": test["nme"],
            "majority_test_acc": maj_acc, "landmarks": a.landmarks, "head_norm": dmm and not a.no_head_norm, "records": records}
+    print("time after loading: " + ", ".join(f"{k} {v:.1f} s" for k, v in prof.items()), flush=True)
     print(f"test mean accuracy {test['acc']:.4f}, balanced {test['bal']:.4f} (majority {maj_acc:.4f}); {train_seconds / 60:.1f} min")
     if a.json:
         with open(a.json, "w") as f:

@@ -128,6 +128,17 @@ enum Command {
         /// Images per call.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// Instead of the kernel cases: one epoch of `dmm train --preset subset` (evaluations
+        /// included) against the same epoch of bench/torch_train.py, with where each spends it
+        /// (loader, forward, backward, update, evaluation) and peak memory.
+        #[arg(long)]
+        train_run: bool,
+        /// The CelebA root of --train-run (e.g. ../shared/data/celeba: 9,000 train / 2,000 val).
+        #[arg(long, default_value = "data/celeba", value_name = "DIR")]
+        celeba: PathBuf,
+        /// The variant of --train-run: dmm-cnn or baseline (the two the PyTorch script has).
+        #[arg(long, default_value = "dmm-cnn", value_parser = ["dmm-cnn", "baseline"])]
+        variant: String,
     },
     /// Build one release `dmm` with the CUDA path (`--device cuda`), on any x86-64 Linux machine:
     /// nvcc and the CUDA 13.0 headers are installed from PyPI into target/cuda-sdk (or taken from
@@ -392,9 +403,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ensure_landmarks(&root, dataset.ds(), &data_root, None, jobs, None)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { iters, rounds, width, batch } => {
+        Command::Bench { iters, rounds, width, batch, train_run, celeba, variant } => {
             let dmm = Dmm::build(&root, &[], None)?;
-            bench::run(&root, &dmm, iters, rounds, width, batch)?;
+            if train_run {
+                bench::train_run(&root, &dmm, &celeba, &variant, rounds)?;
+            } else {
+                bench::run(&root, &dmm, iters, rounds, width, batch)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Train { args } => {

@@ -9,7 +9,8 @@
 //!   needs no gradient, as in the network. The backward is seeded by `Σ up·y`, whose two small
 //!   ops are included.
 //!
-//! Median of `DMM_BENCH_ITERS` calls (default 5) after one warm-up, freed buffers kept by
+//! `DMM_BENCH_WIDTH` and `DMM_BENCH_BATCH` pick another trunk width and batch (the `subset` preset:
+//! 32 and 32, at 109x89). Median of `DMM_BENCH_ITERS` calls (default 5) after one warm-up, freed buffers kept by
 //! mimalloc as in `dmm`. Run: `cargo bench -p dmm-model --bench conv_layers -- forward|train`.
 
 use std::time::Instant;
@@ -48,13 +49,14 @@ impl Layer {
     }
 }
 
-/// The convolutions of torchvision's ResNet-50 (stride on the 3×3) for an `h × w` input.
-fn resnet50(h: usize, w: usize) -> Vec<Layer> {
+/// The convolutions of torchvision's ResNet-50 (stride on the 3×3) at trunk width `width` (64 is
+/// ResNet-50's) for an `h × w` input.
+fn resnet50(h: usize, w: usize, width: usize) -> Vec<Layer> {
     let o = |x: usize, k: usize, s: usize, p: usize| (x + 2 * p - k) / s + 1;
-    let mut layers = vec![Layer { count: 1, c_in: 3, c_out: 64, k: 7, stride: 2, padding: 3, h, w }];
+    let mut layers = vec![Layer { count: 1, c_in: 3, c_out: width, k: 7, stride: 2, padding: 3, h, w }];
     let (mut h, mut w) = (o(o(h, 7, 2, 3), 3, 2, 1), o(o(w, 7, 2, 3), 3, 2, 1));
-    let mut c_in = 64;
-    for (blocks, mid, stride) in [(3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2)] {
+    let mut c_in = width;
+    for (blocks, mid, stride) in [(3, width, 1), (4, 2 * width, 2), (6, 4 * width, 2), (3, 8 * width, 2)] {
         let out = 4 * mid;
         let (h2, w2) = (o(h, 3, stride, 1), o(w, 3, stride, 1));
         layers.push(Layer { count: 1, c_in, c_out: mid, k: 1, stride: 1, padding: 0, h, w });
@@ -91,13 +93,14 @@ fn main() -> candle_core::Result<()> {
         let (a, b) = s.split_once('x')?;
         Some((a.parse().ok()?, b.parse().ok()?))
     }).unwrap_or(default);
-    let (n, dev) = (8, Device::Cpu);
+    let env = |key: &str, default: usize| std::env::var(key).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (width, n, dev) = (env("DMM_BENCH_WIDTH", 64), env("DMM_BENCH_BATCH", 8), Device::Cpu);
     let mode = if train { "forward + both gradients" } else { "eval forward (batch norm folded, ReLU)" };
-    println!("ResNet-50 convolutions, {mode}, {h}x{w} input, batch {n}, f32, median of {iters} ({} threads)", rayon::current_num_threads());
+    println!("ResNet-50 convolutions, {mode}, {h}x{w} input, width {width}, batch {n}, f32, median of {iters} ({} threads)", rayon::current_num_threads());
     println!("| count | conv | input | ms | GFLOP/s | ms × count |");
     println!("|---|---|---|---|---|---|");
     let (mut total, mut flops) = (0.0, 0.0);
-    for (i, l) in resnet50(h, w).iter().enumerate() {
+    for (i, l) in resnet50(h, w, width).iter().enumerate() {
         let x = Tensor::randn(0f32, 1., (n, l.c_in, l.h, l.w), &dev)?;
         let wt = Tensor::randn(0f32, 0.05, (l.c_out, l.c_in, l.k, l.k), &dev)?;
         let (scale, shift) = (vec![1.0; l.c_out], vec![0.0; l.c_out]);
