@@ -251,7 +251,8 @@ pub struct TrainArgs {
     /// Seed of initialisation, shuffling and flips.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Rescale DW's λ to sum to 40 (on in the CPU presets, off in paper).
+    /// Rescale DW's λ to sum to 40 (on in every preset; false gives the paper's raw Eq. 4, whose
+    /// shrinking Σλ stalls learning: docs/fidelity.md).
     #[arg(long)]
     pub rescale_dw: Option<bool>,
     /// Where to run: cpu, or cuda / cuda:N in a CUDA build of dmm (`cargo xtask cuda-build`).
