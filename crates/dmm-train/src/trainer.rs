@@ -616,7 +616,7 @@ fn reopen_final_evaluation(config: &TrainConfig, run: &RunDir, end: u64) -> Resu
 fn prepare_run_dir(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Result<()> {
     let config_json = serde_json::to_string_pretty(config).expect("config serializes");
     // Writes cut short by a kill leave their temporary files; this process owns the directory now.
-    for file in [run.config(), run.last(), run.best(), run.metrics()] {
+    for file in [run.config(), run.last(), run.best(), run.metrics(), run.profile()] {
         dmm_data::fsutil::remove_stale_temporaries(&file);
     }
     if run.last().exists() {
