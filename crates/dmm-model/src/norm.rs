@@ -112,12 +112,7 @@ fn channel_stats<T: WithDType>(xs: &[T], n: usize, c: usize, hw: usize) -> Vec<(
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut s, mut s2) = (0f64, 0f64);
-            for b in 0..n {
-                let (ps, ps2) = plane_sums(&xs[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-                s += ps;
-                s2 += ps2;
-            }
+            let (s, s2) = channel_sums(xs, (n, c, hw), ch);
             let m = (n * hw) as f64;
             let mean = s / m;
             (mean, (s2 / m - mean * mean).max(0.0))
@@ -131,38 +126,53 @@ fn channel_stats<T: WithDType>(xs: &[T], n: usize, c: usize, hw: usize) -> Vec<(
 const LANES: usize = 8;
 
 multiversion! {
-    /// `(Σx, Σx²)` of one plane, in f64.
-    fn plane_sums<T: WithDType>(x: &[T]) -> (f64, f64) {
-        let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    /// `(Σx, Σx²)` of channel `ch` over the `n` planes of a contiguous `[n, c, hw]` buffer, in
+    /// f64, plane by plane. One call per channel, with one scratch run: on the small maps of the
+    /// last stages (12–42 elements a plane), zeroing a run per plane cost more than the sums.
+    fn channel_sums<T: WithDType>(xs: &[T], dims: (usize, usize, usize), ch: usize) -> (f64, f64) {
+        let (n, c, hw) = dims;
         let mut wide = [0f64; WIDEN];
-        let (groups, tail) = x.as_chunks::<LANES>();
-        for run in groups.chunks(WIDEN / LANES) {
-            // Widened a run at a time, then each sum in its own loop: written as one loop, the
-            // conversions stay scalar and the vectorizer pairs a[j] with b[j] (two-wide).
-            let wide = &mut wide[..run.len() * LANES];
-            for (w, v) in wide.iter_mut().zip(run.as_flattened()) {
-                *w = v.to_f64();
-            }
-            let wide = wide.as_chunks::<LANES>().0;
-            for g in wide {
-                for j in 0..LANES {
-                    a[j] += g[j];
-                }
-            }
-            for g in wide {
-                for j in 0..LANES {
-                    b[j] += g[j] * g[j];
-                }
-            }
-        }
-        let (mut s, mut s2) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-        for v in tail {
-            let v = v.to_f64();
-            s += v;
-            s2 += v * v;
+        let (mut s, mut s2) = (0f64, 0f64);
+        for b in 0..n {
+            let (ps, ps2) = plane_sums(&xs[(b * c + ch) * hw..(b * c + ch + 1) * hw], &mut wide);
+            s += ps;
+            s2 += ps2;
         }
         (s, s2)
     }
+}
+
+/// `(Σx, Σx²)` of one plane, in f64, widened through `wide`.
+#[inline(always)]
+fn plane_sums<T: WithDType>(x: &[T], wide: &mut [f64; WIDEN]) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    let (groups, tail) = x.as_chunks::<LANES>();
+    for run in groups.chunks(WIDEN / LANES) {
+        // Widened a run at a time, then each sum in its own loop: written as one loop, the
+        // conversions stay scalar and the vectorizer pairs a[j] with b[j] (two-wide).
+        let wide = &mut wide[..run.len() * LANES];
+        for (w, v) in wide.iter_mut().zip(run.as_flattened()) {
+            *w = v.to_f64();
+        }
+        let wide = wide.as_chunks::<LANES>().0;
+        for g in wide {
+            for j in 0..LANES {
+                a[j] += g[j];
+            }
+        }
+        for g in wide {
+            for j in 0..LANES {
+                b[j] += g[j] * g[j];
+            }
+        }
+    }
+    let (mut s, mut s2) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for v in tail {
+        let v = v.to_f64();
+        s += v;
+        s2 += v * v;
+    }
+    (s, s2)
 }
 
 /// Elements per widened run in [`plane_sums`] and [`plane_grad_sums`] (a multiple of
@@ -187,43 +197,60 @@ multiversion! {
 }
 
 multiversion! {
-    /// `(Σd, Σd·(x − mean))` of one plane in f64, where `d` is `dy`, or 0 where `relu` and the
-    /// forward's output `y` is not positive.
-    fn plane_grad_sums<T: WithDType>(x: &[T], dy: &[T], y: &[T], mean: f64, relu: bool) -> (f64, f64) {
-        let zero = T::zero();
-        let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
-        let (mut wd, mut wx) = ([0f64; WIDEN], [0f64; WIDEN]);
-        let full = x.len() / LANES * LANES;
-        for start in (0..full).step_by(WIDEN) {
-            // Widened a run at a time, then each sum in its own loop, as in `plane_sums`.
-            let len = WIDEN.min(full - start);
-            let (wd, wx) = (&mut wd[..len], &mut wx[..len]);
-            for ((w, &dy), &y) in wd.iter_mut().zip(&dy[start..start + len]).zip(&y[start..start + len]) {
-                *w = (if relu & (y <= zero) { zero } else { dy }).to_f64();
-            }
-            for (w, &x) in wx.iter_mut().zip(&x[start..start + len]) {
-                *w = x.to_f64() - mean;
-            }
-            let (wd, wx) = (wd.as_chunks::<LANES>().0, wx.as_chunks::<LANES>().0);
-            for d in wd {
-                for j in 0..LANES {
-                    a[j] += d[j];
-                }
-            }
-            for (d, c) in wd.iter().zip(wx) {
-                for j in 0..LANES {
-                    b[j] += d[j] * c[j];
-                }
-            }
+    /// `(Σd, Σd·(x − mean))` of channel `ch` over the `n` planes of contiguous `[n, c, hw]`
+    /// buffers `[x, dy, y]`, in f64, plane by plane, `d` as in [`plane_grad_sums`]; one scratch
+    /// for all, as in [`channel_sums`].
+    fn channel_grad_sums<T: WithDType>(bufs: [&[T]; 3], dims: (usize, usize, usize), ch: usize, mean: f64, relu: bool) -> (f64, f64) {
+        let ([xs, dy, ys], (n, c, hw)) = (bufs, dims);
+        let mut wide = ([0f64; WIDEN], [0f64; WIDEN]);
+        let (mut sdy, mut sdyx) = (0f64, 0f64);
+        for b in 0..n {
+            let p = (b * c + ch) * hw..(b * c + ch + 1) * hw;
+            let (s, sx) = plane_grad_sums(&xs[p.clone()], &dy[p.clone()], &ys[p], mean, relu, &mut wide);
+            sdy += s;
+            sdyx += sx;
         }
-        let (mut s, mut sx) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-        for i in full..x.len() {
-            let d = (if relu & (y[i] <= zero) { zero } else { dy[i] }).to_f64();
-            s += d;
-            sx += d * (x[i].to_f64() - mean);
-        }
-        (s, sx)
+        (sdy, sdyx)
     }
+}
+
+/// `(Σd, Σd·(x − mean))` of one plane in f64, where `d` is `dy`, or 0 where `relu` and the
+/// forward's output `y` is not positive; widened through `wide`.
+#[inline(always)]
+fn plane_grad_sums<T: WithDType>(x: &[T], dy: &[T], y: &[T], mean: f64, relu: bool, wide: &mut ([f64; WIDEN], [f64; WIDEN])) -> (f64, f64) {
+    let zero = T::zero();
+    let (mut a, mut b) = ([0f64; LANES], [0f64; LANES]);
+    let (wd, wx) = wide;
+    let full = x.len() / LANES * LANES;
+    for start in (0..full).step_by(WIDEN) {
+        // Widened a run at a time, then each sum in its own loop, as in `plane_sums`.
+        let len = WIDEN.min(full - start);
+        let (wd, wx) = (&mut wd[..len], &mut wx[..len]);
+        for ((w, &dy), &y) in wd.iter_mut().zip(&dy[start..start + len]).zip(&y[start..start + len]) {
+            *w = (if relu & (y <= zero) { zero } else { dy }).to_f64();
+        }
+        for (w, &x) in wx.iter_mut().zip(&x[start..start + len]) {
+            *w = x.to_f64() - mean;
+        }
+        let (wd, wx) = (wd.as_chunks::<LANES>().0, wx.as_chunks::<LANES>().0);
+        for d in wd {
+            for j in 0..LANES {
+                a[j] += d[j];
+            }
+        }
+        for (d, c) in wd.iter().zip(wx) {
+            for j in 0..LANES {
+                b[j] += d[j] * c[j];
+            }
+        }
+    }
+    let (mut s, mut sx) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for i in full..x.len() {
+        let d = (if relu & (y[i] <= zero) { zero } else { dy[i] }).to_f64();
+        s += d;
+        sx += d * (x[i].to_f64() - mean);
+    }
+    (s, sx)
 }
 
 multiversion! {
@@ -335,14 +362,7 @@ fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut sdy, mut sdyx) = (0f64, 0f64);
-            for b in 0..n {
-                let p = plane(b * c + ch);
-                let (s, sx) = plane_grad_sums(&xs[p.clone()], &dy[p.clone()], &ys[p], stats[ch].0, op.relu);
-                sdy += s;
-                sdyx += sx;
-            }
-            (sdy, sdyx)
+            channel_grad_sums([xs, dy, ys], (n, c, hw), ch, stats[ch].0, op.relu)
         })
         .collect();
     let fill = |out: &mut [MaybeUninit<T>]| {
