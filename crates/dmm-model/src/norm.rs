@@ -179,18 +179,32 @@ fn plane_sums<T: WithDType>(x: &[T], wide: &mut [f64; WIDEN]) -> (f64, f64) {
 /// [`LANES`]).
 const WIDEN: usize = 256;
 
+/// Elements per task of the elementwise passes, whole planes at a time: the small maps of the
+/// last stages (12–42 elements) would otherwise pay a call and a dispatch per plane.
+const RUN: usize = 4096;
+
+/// Planes per task of the elementwise passes for planes of `hw` elements.
+fn planes_per_run(hw: usize) -> usize {
+    (RUN / hw.max(1)).max(1)
+}
+
 multiversion! {
-    /// `out = x·scale + shift` of one plane, clamped at 0 with `relu`.
-    fn plane_affine<T: WithDType>(out: &mut [MaybeUninit<T>], x: &[T], scale: T, shift: T, relu: bool) {
+    /// `out = x·scale + shift` plane by plane, clamped at 0 with `relu`: `out` and `x` are whole
+    /// planes of `hw` elements, the first of them plane `first` of the batch, whose channel is
+    /// its index mod `coef.len()`, `coef[ch] = [scale, shift]`.
+    fn planes_affine<T: WithDType>(out: &mut [MaybeUninit<T>], x: &[T], hw: usize, first: usize, coef: &[[T; 2]], relu: bool) {
         let zero = T::zero();
-        if relu {
-            for (o, &x) in out.iter_mut().zip(x) {
-                let y = x * scale + shift;
-                o.write(if y < zero { zero } else { y });
-            }
-        } else {
-            for (o, &x) in out.iter_mut().zip(x) {
-                o.write(x * scale + shift);
+        for (j, (out, x)) in out.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+            let [scale, shift] = coef[(first + j) % coef.len()];
+            if relu {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    let y = x * scale + shift;
+                    o.write(if y < zero { zero } else { y });
+                }
+            } else {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    o.write(x * scale + shift);
+                }
             }
         }
     }
@@ -254,13 +268,19 @@ fn plane_grad_sums<T: WithDType>(x: &[T], dy: &[T], y: &[T], mean: f64, relu: bo
 }
 
 multiversion! {
-    /// `dx = a·d + b·(x − mean) + c0` of one plane, `d` as in [`plane_grad_sums`].
-    fn plane_grad<T: WithDType>(out: &mut [MaybeUninit<T>], x: &[T], dy: &[T], y: &[T], coef: [T; 4], relu: bool) {
-        let [a, b, c0, mean] = coef;
+    /// `dx = a·d + b·(x − mean) + c0` plane by plane, `d` as in [`plane_grad_sums`]: `out`, `x`,
+    /// `dy` and `y` are whole planes of `hw` elements from plane `first` of the batch on, whose
+    /// channel is its index mod `coef.len()`, `coef[ch] = [a, b, c0, mean]`.
+    fn planes_grad<T: WithDType>(out: &mut [MaybeUninit<T>], bufs: [&[T]; 3], hw: usize, first: usize, coef: &[[T; 4]], relu: bool) {
+        let [x, dy, y] = bufs;
         let zero = T::zero();
-        for (((o, &x), &dy), &y) in out.iter_mut().zip(x).zip(dy).zip(y) {
-            let d = if relu & (y <= zero) { zero } else { dy };
-            o.write(a * d + b * (x - mean) + c0);
+        let planes = out.chunks_mut(hw).zip(x.chunks(hw)).zip(dy.chunks(hw)).zip(y.chunks(hw));
+        for (j, (((out, x), dy), y)) in planes.enumerate() {
+            let [a, b, c0, mean] = coef[(first + j) % coef.len()];
+            for (((o, &x), &dy), &y) in out.iter_mut().zip(x).zip(dy).zip(y) {
+                let d = if relu & (y <= zero) { zero } else { dy };
+                o.write(a * d + b * (x - mean) + c0);
+            }
         }
     }
 }
@@ -282,18 +302,18 @@ struct BnTrain {
 fn forward<T: WithDType>(xs: &[T], g: &[T], b: &[T], dims: (usize, usize, usize), relu: bool) -> (Vec<T>, Vec<(f64, f64)>) {
     let (n, c, hw) = dims;
     let stats = channel_stats(xs, n, c, hw);
-    let coef: Vec<(f64, f64)> = stats
+    let coef: Vec<[T; 2]> = stats
         .iter()
         .enumerate()
         .map(|(ch, &(mean, var))| {
             let scale = g[ch].to_f64() / (var + EPS).sqrt();
-            (scale, b[ch].to_f64() - mean * scale)
+            [scale, b[ch].to_f64() - mean * scale].map(T::from_f64)
         })
         .collect();
+    let run = planes_per_run(hw);
     let fill = |out: &mut [MaybeUninit<T>]| {
-        out.par_chunks_mut(hw).zip(xs.par_chunks(hw)).enumerate().for_each(|(i, (o, x))| {
-            let (scale, shift) = coef[i % c];
-            plane_affine(o, x, T::from_f64(scale), T::from_f64(shift), relu);
+        out.par_chunks_mut(run * hw).zip(xs.par_chunks(run * hw)).enumerate().for_each(|(i, (o, x))| {
+            planes_affine(o, x, hw, i * run, &coef, relu);
         })
     };
     // SAFETY: the chunks cover the vector and every element of each is written.
@@ -356,28 +376,29 @@ struct BnTrainBackward {
 fn backward<T: WithDType>(xs: &[T], dy: &[T], ys: &[T], op: &BnTrainBackward, (n, c, hw): (usize, usize, usize)) -> Vec<T> {
     let stats = &op.stats;
     let m = (n * hw) as f64;
-    let plane = |p: usize| p * hw..(p + 1) * hw;
     // Per channel: Σd and Σd·(x − mean), d the gradient reaching the normalization: dy, or dy
     // where the ReLU let the output through.
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
-        .map(|ch| {
-            channel_grad_sums([xs, dy, ys], (n, c, hw), ch, stats[ch].0, op.relu)
-        })
+        .map(|ch| channel_grad_sums([xs, dy, ys], (n, c, hw), ch, stats[ch].0, op.relu))
         .collect();
     let fill = |out: &mut [MaybeUninit<T>]| {
         let (dx, rest) = out.split_at_mut(xs.len());
-        dx.par_chunks_mut(hw).enumerate().for_each(|(p, o)| {
-            let ch = p % c;
-            let (mean, var) = stats[ch];
-            let inv = 1.0 / (var + EPS).sqrt();
-            let (sdy, sdyx) = sums[ch];
-            // dx = k·(m·d − Σd − x̂·Σd·x̂) with x̂ = (x − mean)·inv and Σd·x̂ = inv·sdyx, as
-            // a·d + b·(x − mean) + c0 in the element type.
-            let k = op.gamma[ch] * inv / m;
-            let coef = [k * m, -k * inv * inv * sdyx, -k * sdy, mean].map(T::from_f64);
-            let p = plane(p);
-            plane_grad(o, &xs[p.clone()], &dy[p.clone()], &ys[p], coef, op.relu);
+        let coef: Vec<[T; 4]> = (0..c)
+            .map(|ch| {
+                let (mean, var) = stats[ch];
+                let inv = 1.0 / (var + EPS).sqrt();
+                let (sdy, sdyx) = sums[ch];
+                // dx = k·(m·d − Σd − x̂·Σd·x̂) with x̂ = (x − mean)·inv and Σd·x̂ = inv·sdyx, as
+                // a·d + b·(x − mean) + c0 in the element type.
+                let k = op.gamma[ch] * inv / m;
+                [k * m, -k * inv * inv * sdyx, -k * sdy, mean].map(T::from_f64)
+            })
+            .collect();
+        let run = planes_per_run(hw);
+        dx.par_chunks_mut(run * hw).enumerate().for_each(|(i, o)| {
+            let p = i * run * hw..i * run * hw + o.len();
+            planes_grad(o, [&xs[p.clone()], &dy[p.clone()], &ys[p]], hw, i * run, &coef, op.relu);
         });
         for ch in 0..c {
             let inv = 1.0 / (stats[ch].1 + EPS).sqrt();
