@@ -34,12 +34,18 @@ fn summarize(mut v: Vec<Timing>) -> Timing {
     Timing { median_s: v[v.len() / 2].median_s, peak_rss_mib: peak }
 }
 
-/// Runs the suite and prints the table.
-pub fn run(root: &Path, dmm: &Dmm, iters: usize, rounds: usize, width: usize, batch: usize) -> anyhow::Result<()> {
+/// Whether `python3` can import torch, for the PyTorch side; says so when it cannot.
+fn torch_available() -> bool {
     let torch = Command::new("python3").args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
     if !torch {
         eprintln!("python3 cannot import torch: timing dmm only (pip install torch for the reference)");
     }
+    torch
+}
+
+/// Runs the suite and prints the table.
+pub fn run(root: &Path, dmm: &Dmm, iters: usize, rounds: usize, width: usize, batch: usize) -> anyhow::Result<()> {
+    let torch = torch_available();
     let script = root.join("bench/torch_bench.py");
     let common = |mode: &str, size: &str| -> Vec<String> {
         [mode, "--width", &width.to_string(), "--size", size, "--batch", &batch.to_string(), "--iters", &iters.to_string(), "--json"].map(String::from).to_vec()
@@ -151,11 +157,9 @@ fn run_sampled(mut cmd: Command, log: &Path, what: &str) -> anyhow::Result<(f64,
 /// start and end included) against the same epoch of `bench/torch_train.py`, alternating round
 /// by round, with each side's profile and peak memory.
 pub fn train_run(root: &Path, dmm: &Dmm, celeba: &Path, variant: &str, rounds: usize) -> anyhow::Result<()> {
-    let torch = Command::new("python3").args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
-    if !torch {
-        eprintln!("python3 cannot import torch: timing dmm only (pip install torch for the reference)");
-    }
+    let torch = torch_available();
     let work = root.join("target/bench-train-run");
+    std::fs::create_dir_all(&work).with_context(|| format!("{}: cannot create", work.display()))?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds.max(1) {
         eprintln!("train-run: round {} of {rounds}: dmm", round + 1);
@@ -163,7 +167,6 @@ pub fn train_run(root: &Path, dmm: &Dmm, celeba: &Path, variant: &str, rounds: u
         if out.exists() {
             std::fs::remove_dir_all(&out).with_context(|| format!("{}: cannot remove", out.display()))?;
         }
-        std::fs::create_dir_all(&work).with_context(|| format!("{}: cannot create", work.display()))?;
         let mut cmd = dmm.command(None);
         cmd.arg("train").args(["--dataset", "celeba", "--preset", "subset", "--variant", variant, "--epochs", "1", "--quiet"]);
         cmd.arg("--root").arg(celeba).arg("--out").arg(&out);
