@@ -1,5 +1,5 @@
 //! The `dmm` binary as xtask uses it: built once in release mode (`cargo build --release -p
-//! dmm-cli`), then run as a child process per training or evaluation, so runs can go in parallel
+//! dmm-cli -p xtask`), then run as a child process per training or evaluation, so runs can go in parallel
 //! with their own thread counts and a crash in one run never takes the others down.
 
 use std::path::{Path, PathBuf};
@@ -46,7 +46,9 @@ impl Dmm {
             return Ok(Self { exe });
         }
         let mut cmd = cargo();
-        cmd.current_dir(root).args(["build", "--release", "-p", "dmm-cli"]);
+        // With xtask in the same build, cargo picks the features it picked when it built xtask,
+        // which depends on dmm's library: every dependency is already compiled (xtask/Cargo.toml).
+        cmd.current_dir(root).args(["build", "--release", "-p", "dmm-cli", "-p", "xtask"]);
         if !features.is_empty() {
             let list: Vec<String> = features.iter().map(|f| format!("dmm-cli/{f}")).collect();
             cmd.args(["--features", &list.join(",")]);

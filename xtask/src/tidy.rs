@@ -15,7 +15,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("dmm-landmarks", &["dmm-core", "dmm-data"]),
     ("dmm-train", &["dmm-core", "dmm-data", "dmm-model", "dmm-policy"]),
     ("dmm-cli", &["dmm-core", "dmm-data", "dmm-landmarks", "dmm-model", "dmm-policy", "dmm-train"]),
-    ("xtask", &["dmm-core", "dmm-data"]),
+    ("xtask", &["dmm-cli", "dmm-core", "dmm-data"]),
 ];
 
 /// Returns one line per `.rs` file under `crates/` and `xtask/` that does not start with `//!`,

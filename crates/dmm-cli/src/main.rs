@@ -1,16 +1,9 @@
-//! The `dmm` binary. `main` only parses flags, calls [`run`] and turns its error into one line on
-//! stderr and a non-zero exit code; each subcommand lives in `commands/`.
+//! The `dmm` binary: the allocator and its options, then [`dmm_cli::main`], which parses the
+//! flags and runs the subcommand (`src/lib.rs`).
 //!
 //! End-to-end tests of the binary are in `tests/cli.rs`.
 
-mod bundled;
-mod cli;
-mod commands;
-mod output;
-
 use std::process::ExitCode;
-
-use clap::Parser;
 
 /// Training allocates and frees activation-sized buffers every step; glibc hands the big ones
 /// back to the kernel each time, so each step pays fresh zeroed pages. mimalloc keeps them
@@ -29,30 +22,5 @@ fn main() -> ExitCode {
     // 2.34–2.56 s, peak memory 2.30 against 2.23 GiB (PyTorch: 2.75 GiB).
     // SAFETY: setting an option is a plain store in mimalloc's option table.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    let args = cli::Cli::parse();
-    match run(args) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
-    match args.command {
-        cli::Command::Forward(a) => commands::forward::run(a),
-        cli::Command::Train(a) => commands::train::train(*a),
-        cli::Command::Eval(a) => commands::train::eval(a),
-        cli::Command::Landmarks(a) => commands::landmarks::run(a),
-        cli::Command::Predict(a) => commands::predict::run(a),
-        cli::Command::Export(a) => commands::export::run(a),
-        cli::Command::Bench(a) => commands::bench::run(a),
-        cli::Command::GpuCheck(a) => commands::gpu_check::run(a),
-        cli::Command::Dataset { command } => match command {
-            cli::DatasetCommand::Stats(a) => commands::dataset::stats(a),
-            cli::DatasetCommand::Check(a) => commands::dataset::check(a),
-            cli::DatasetCommand::TextSplit(a) => commands::dataset::text_split(a),
-        },
-    }
+    dmm_cli::main()
 }
