@@ -247,6 +247,17 @@ struct Geometry {
     winograd: bool,
 }
 
+/// Where one row of the unfolded columns reads from: input channel `c`, kernel position `(i, j)`,
+/// and the output columns `x0..x1` whose input column lies inside the image.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    c: usize,
+    i: usize,
+    j: usize,
+    x0: usize,
+    x1: usize,
+}
+
 impl Geometry {
     fn new(xs: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Self> {
         let (n, c_in, h, w) = xs.dims4()?;
@@ -322,17 +333,31 @@ impl Geometry {
     fn unfold<T: WithDType>(&self, x: &[T], cols: &mut Vec<T>) {
         let l = self.l();
         cols.resize(self.k() * l, T::zero());
-        for (r, row) in cols.chunks_mut(l).enumerate() {
-            self.unfold_row(x, r, row);
+        for (tap, row) in self.taps().iter().zip(cols.chunks_mut(l)) {
+            self.unfold_row(x, tap, row);
         }
     }
 
-    /// Row `r` of one image's columns into `dst` (`oh·ow` long).
-    fn unfold_row<T: WithDType>(&self, x: &[T], r: usize, dst: &mut [T]) {
-        let (ow, s) = (self.ow, self.stride);
+    /// Where row `r` of the columns reads: worked out once per row, not once per image (on small
+    /// maps the divisions cost as much as the copy).
+    fn tap(&self, r: usize) -> Tap {
         let (c, i, j) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
-        let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
         let (x0, x1) = self.valid_cols(j);
+        Tap { c, i, j, x0, x1 }
+    }
+
+    /// The taps of every row of the columns, in order.
+    fn taps(&self) -> Vec<Tap> {
+        (0..self.k()).map(|r| self.tap(r)).collect()
+    }
+
+    /// Row `tap` of one image's columns into `dst` (`oh·ow` long).
+    fn unfold_row<T: WithDType>(&self, x: &[T], &Tap { c, i, j, x0, x1 }: &Tap, dst: &mut [T]) {
+        let (ow, s) = (self.ow, self.stride);
+        let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+        if s == 1 && ow == self.w {
+            return self.unfold_row_shifted(plane, (i, j), (x0, x1), dst);
+        }
         for (y, dst) in dst.chunks_mut(ow).enumerate() {
             let Some(sy) = self.src_row(y, i) else {
                 dst.fill(T::zero());
@@ -349,21 +374,46 @@ impl Geometry {
         }
     }
 
+    /// [`Self::unfold_row`] for a stride-1 convolution whose output is as wide as its input (3×3
+    /// with padding 1, and 1×1): output position `k = y·w + x` reads input position `k + off`,
+    /// one shift for the whole plane. So the valid rows are one copy instead of a copy per output
+    /// row (on 6×5 maps each of those moved 5 values), and afterwards the columns that fell outside
+    /// the image, whose copied values came from the neighbouring rows, are zeroed.
+    fn unfold_row_shifted<T: WithDType>(&self, plane: &[T], (i, j): (usize, usize), (x0, x1): (usize, usize), dst: &mut [T]) {
+        let w = self.w as isize;
+        let p = self.padding as isize;
+        // Output rows whose input row `y + i − p` is inside the image.
+        let y0 = (p - i as isize).clamp(0, self.oh as isize);
+        let y1 = (self.h as isize + p - i as isize).clamp(y0, self.oh as isize);
+        let (lo, hi) = (y0 * w, y1 * w);
+        let off = (i as isize - p) * w + (j as isize - p);
+        dst[..lo as usize].fill(T::zero());
+        dst[hi as usize..].fill(T::zero());
+        // Inside `lo..hi`, positions whose source lies before the plane or after it are in the
+        // outside columns, zeroed below.
+        let (a, b) = (lo.max(-off), hi.min(plane.len() as isize - off));
+        if a < b {
+            dst[a as usize..b as usize].copy_from_slice(&plane[(a + off) as usize..(b + off) as usize]);
+        }
+        for row in dst[lo as usize..hi as usize].chunks_mut(self.ow) {
+            row[..x0].fill(T::zero());
+            row[x1..].fill(T::zero());
+        }
+    }
+
     /// The adjoint of [`Self::unfold`]: adds every column entry into the input position it was
     /// read from, into `x` `[c_in, h, w]` (zero on entry).
     #[cfg(test)]
     fn fold<T: WithDType>(&self, cols: &[T], x: &mut [T]) {
-        for (r, row) in cols.chunks(self.l()).enumerate() {
-            self.fold_row(row, r, x);
+        for (tap, row) in self.taps().iter().zip(cols.chunks(self.l())) {
+            self.fold_row(row, tap, x);
         }
     }
 
-    /// The adjoint of [`Self::unfold_row`]: adds row `r` of one image's columns into `x`.
-    fn fold_row<T: WithDType>(&self, row: &[T], r: usize, x: &mut [T]) {
+    /// The adjoint of [`Self::unfold_row`]: adds row `tap` of one image's columns into `x`.
+    fn fold_row<T: WithDType>(&self, row: &[T], &Tap { c, i, j, x0, x1 }: &Tap, x: &mut [T]) {
         let (ow, s) = (self.ow, self.stride);
-        let (c, i, j) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
         let plane = &mut x[c * self.h * self.w..(c + 1) * self.h * self.w];
-        let (x0, x1) = self.valid_cols(j);
         for (y, src) in row.chunks(ow).enumerate() {
             let Some(sy) = self.src_row(y, i) else { continue };
             let dst = &mut plane[sy * self.w..(sy + 1) * self.w];
@@ -417,9 +467,9 @@ impl Geometry {
             return &x[images.start * image..images.end * image];
         }
         buf.resize(self.k() * gl, T::zero());
-        for (r, row) in buf.chunks_mut(gl).enumerate() {
+        for (tap, row) in self.taps().iter().zip(buf.chunks_mut(gl)) {
             for (b, dst) in images.clone().zip(row.chunks_mut(l)) {
-                self.unfold_row(&x[b * image..(b + 1) * image], r, dst);
+                self.unfold_row(&x[b * image..(b + 1) * image], tap, dst);
             }
         }
         buf
@@ -499,9 +549,10 @@ impl Geometry {
             let dy = self.output_as_image().cols(dy, images, &mut s.side);
             s.cols.resize(k * gl, T::zero());
             matmul(&mut s.cols, Mat::rows(wt, self.c_out, k).t(), Mat::rows(dy, self.c_out, gl), false, par);
+            let taps = self.taps();
             for (i, gx) in gx.chunks_mut(self.image()).enumerate() {
-                for (r, row) in s.cols.chunks(gl).enumerate() {
-                    self.fold_row(&row[i * l..(i + 1) * l], r, gx);
+                for (tap, row) in taps.iter().zip(s.cols.chunks(gl)) {
+                    self.fold_row(&row[i * l..(i + 1) * l], tap, gx);
                 }
             }
         });
@@ -870,6 +921,45 @@ mod tests {
             let (rx, rw) = reference_grads(x.as_tensor(), wt.as_tensor(), &up, s, p)?;
             assert!(max_diff(gx, &rx) < 1e-10, "input gradient k{k} s{s} h{h} w{w}");
             assert!(max_diff(gw, &rw) < 1e-10, "weight gradient k{k} s{s} h{h} w{w}");
+        }
+        Ok(())
+    }
+
+    /// Unfolding equals the definition, element by element, into a buffer holding stale values:
+    /// the shifted copy of stride-1 "same" convolutions (3×3, 5×5, 1×1) on maps down to 1×1,
+    /// and the row-by-row path beside it.
+    #[test]
+    fn unfold_equals_its_definition() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for &(c, k, s, p, h, w) in &[
+            (2, 3, 1, 1, 6, 5),
+            (2, 3, 1, 1, 1, 1),
+            (2, 3, 1, 1, 2, 2),
+            (2, 3, 1, 1, 1, 4),
+            (1, 3, 1, 1, 3, 1),
+            (2, 5, 1, 2, 4, 3),
+            (2, 5, 1, 2, 7, 6),
+            (3, 1, 1, 0, 3, 4),
+            (2, 3, 1, 0, 5, 4),
+            (2, 3, 1, 2, 3, 3),
+            (2, 3, 2, 1, 7, 6),
+        ] {
+            let x = Tensor::randn(0f64, 1., (1, c, h, w), &dev)?;
+            let wt = Tensor::zeros((1, c, k, k), DType::F64, &dev)?;
+            let g = Geometry::new(&x, &wt, s, p)?;
+            let xv: Vec<f64> = x.flatten_all()?.to_vec1()?;
+            let mut cols = vec![f64::NAN; g.k() * g.l() + 3];
+            cols.truncate(g.k() * g.l());
+            g.unfold(&xv, &mut cols);
+            for (r, row) in cols.chunks(g.l()).enumerate() {
+                let (ci, i, j) = (r / (k * k), r / k % k, r % k);
+                for (q, &got) in row.iter().enumerate() {
+                    let (sy, sx) = ((q / g.ow * s + i) as isize - p as isize, (q % g.ow * s + j) as isize - p as isize);
+                    let inside = (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
+                    let want = if inside { xv[ci * h * w + sy as usize * w + sx as usize] } else { 0.0 };
+                    assert_eq!(got, want, "k{k} s{s} p{p} {h}×{w}: row {r}, column {q}");
+                }
+            }
         }
         Ok(())
     }
