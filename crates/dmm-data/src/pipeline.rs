@@ -169,18 +169,30 @@ impl Transform {
     ///
     /// Fails when flipping landmarks whose point count has no known mirror map.
     pub fn apply(&self, img: &RgbImage, landmarks: Option<&[f32]>, flip: bool) -> Result<Prepared> {
-        let (w0, h0) = (img.width() as usize, img.height() as usize);
-        let resized;
-        let img = match self.size {
-            Some((h, w)) if (h, w) != (h0, w0) => {
+        let from = (img.height() as usize, img.width() as usize);
+        match self.resize(img)? {
+            Some(resized) => self.apply_resized(&resized, from, landmarks, flip),
+            None => self.apply_resized(img, from, landmarks, flip),
+        }
+    }
+
+    /// The resize step alone: `img` at the target size, or `None` when it has that size already
+    /// (or no size is set).
+    pub fn resize(&self, img: &RgbImage) -> Result<Option<RgbImage>> {
+        match self.size {
+            Some((h, w)) if (h, w) != (img.height() as usize, img.width() as usize) => {
                 if h == 0 || w == 0 {
                     return Err(Error::Config(format!("resize target {h}×{w} has a zero side")));
                 }
-                resized = image::imageops::resize(img, w as u32, h as u32, FilterType::Triangle);
-                &resized
+                Ok(Some(image::imageops::resize(img, w as u32, h as u32, FilterType::Triangle)))
             }
-            _ => img,
-        };
+            _ => Ok(None),
+        }
+    }
+
+    /// [`Self::apply`] after [`Self::resize`]: `img` has been resized from `(h0, w0)`, the size
+    /// `landmarks` refer to.
+    pub fn apply_resized(&self, img: &RgbImage, (h0, w0): (usize, usize), landmarks: Option<&[f32]>, flip: bool) -> Result<Prepared> {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let landmarks = match landmarks {
             Some(points) => Some(self.map_points(points, (h0, w0), (h, w), flip)?),

@@ -118,6 +118,35 @@ fn random_flips_mirror_the_unflipped_image() {
     }
 }
 
+/// A split that fits the cache is decoded and resized once: every later epoch gives exactly the
+/// batches of a loader that decodes afresh, pixels and resized, flipped landmarks alike.
+#[test]
+fn cached_epochs_equal_freshly_decoded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    scratch_celeba(dir.path());
+    let mut table = LandmarkTable::new(5);
+    for s in celeba().split(Split::Val).step_by(3) {
+        table.insert(&s.name, vec![60.0, 100.0, 110.0, 100.0, 88.5, 130.0, 70.0, 160.0, 105.0, 160.0]).unwrap();
+    }
+    table.write(&dir.path().join("landmarks.csv")).unwrap();
+    let ds = Dataset::open(DatasetKind::CelebA, dir.path()).unwrap();
+    let cfg = LoaderConfig { transform: Transform { size: Some((70, 57)), ..Default::default() }, ..LoaderConfig::train(16, 5) };
+    let cached = Loader::new(&ds, Split::Val, cfg.clone()).unwrap();
+    let fresh = Loader::new(&ds, Split::Val, cfg.clone()).unwrap().without_cache();
+    assert_eq!(cached.cached(), 0);
+    for epoch in 0..3 {
+        assert_eq!(batches(&cached, epoch, 0), batches(&fresh, epoch, 0), "epoch {epoch}");
+    }
+    assert_eq!(batches(&cached, 1, 2), batches(&fresh, 1, 2), "resumed mid-epoch");
+    assert_eq!(cached.batch_of(&[4, 0]).unwrap(), fresh.batch_of(&[4, 0]).unwrap());
+    assert!(cached.cached() > 48, "three epochs of 48 draw most of the 60 images");
+    assert_eq!(fresh.cached(), 0);
+    // Without a resize size, the images are not cached.
+    let native = Loader::new(&ds, Split::Val, LoaderConfig::eval(16)).unwrap();
+    batches(&native, 0, 0);
+    assert_eq!(native.cached(), 0);
+}
+
 /// A copy of the bundled CelebA sample's label files whose image folder links to the real one,
 /// so tests can add a landmark CSV or break an image without touching `data/`.
 fn scratch_celeba(dir: &Path) {

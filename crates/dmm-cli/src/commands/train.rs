@@ -88,7 +88,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         ds.attach_landmarks(&dmm_data::LandmarkTable::read(csv)?);
     }
     let transform = Transform { size: ckpt.meta.input_size, normalization: ckpt.meta.normalization };
-    let loader = Loader::new(&ds, split, LoaderConfig { transform, ..LoaderConfig::eval(args.batch_size) })?;
+    let loader = Loader::new(&ds, split, LoaderConfig { transform, ..LoaderConfig::eval(args.batch_size) })?.without_cache();
     let tau: Vec<f64> = ckpt.meta.thresholds.iter().map(|&t| t as f64).collect();
     let ev = dmm_train::evaluate::evaluate(&ckpt.model, &loader, &tau, &device)?;
     let (acc, bal) = (ev.accuracies(), ev.balanced_accuracies());
