@@ -1,6 +1,6 @@
 //! The `dmm` binary as xtask uses it: built once in release mode (`cargo build --release -p
-//! dmm-cli -p xtask`), then run as a child process per training or evaluation, so runs can go in parallel
-//! with their own thread counts and a crash in one run never takes the others down.
+//! dmm-cli -p xtask`), then run as a child process per training or evaluation, so runs can go in
+//! parallel with their own thread counts and a crash in one run never takes the others down.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -90,8 +90,8 @@ impl Batch {
 }
 
 /// The most memory a loader spends on keeping its split's resized images (RGB, one byte per
-/// value). A split that needs more is decoded afresh every epoch. 1 GiB holds about 110,000
-/// images at `subset`'s 109×89 (its 9,000 training images take 262 MB), and 9,300 at CelebA's
+/// value). A split that needs more is decoded afresh every epoch. 1 GiB holds about 36,900
+/// images at `subset`'s 109×89 (its 9,000 training images take 262 MB), and 9,200 at CelebA's
 /// native 218×178 (which is not resized, so not cached: only resized splits are).
 pub const CACHE_BYTES: usize = 1 << 30;
 
