@@ -338,25 +338,25 @@ impl Geometry {
         }
     }
 
-    /// Where row `r` of the columns reads: worked out once per row, not once per image (on small
-    /// maps the divisions cost as much as the copy).
-    fn tap(&self, r: usize) -> Tap {
-        let (c, i, j) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
-        let (x0, x1) = self.valid_cols(j);
-        Tap { c, i, j, x0, x1 }
-    }
-
-    /// The taps of every row of the columns, in order.
+    /// Where each row of the columns reads, in order: worked out once per product, not once per
+    /// image (on small maps the divisions cost as much as the copy).
     fn taps(&self) -> Vec<Tap> {
-        (0..self.k()).map(|r| self.tap(r)).collect()
+        (0..self.k())
+            .map(|r| {
+                let (c, i, j) = (r / (self.kh * self.kw), r / self.kw % self.kh, r % self.kw);
+                let (x0, x1) = self.valid_cols(j);
+                Tap { c, i, j, x0, x1 }
+            })
+            .collect()
     }
 
     /// Row `tap` of one image's columns into `dst` (`oh·ow` long).
-    fn unfold_row<T: WithDType>(&self, x: &[T], &Tap { c, i, j, x0, x1 }: &Tap, dst: &mut [T]) {
+    fn unfold_row<T: WithDType>(&self, x: &[T], tap: &Tap, dst: &mut [T]) {
+        let &Tap { c, i, j, x0, x1 } = tap;
         let (ow, s) = (self.ow, self.stride);
         let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
         if s == 1 && ow == self.w {
-            return self.unfold_row_shifted(plane, (i, j), (x0, x1), dst);
+            return self.unfold_row_shifted(plane, tap, dst);
         }
         for (y, dst) in dst.chunks_mut(ow).enumerate() {
             let Some(sy) = self.src_row(y, i) else {
@@ -379,7 +379,7 @@ impl Geometry {
     /// one shift for the whole plane. So the valid rows are one copy instead of a copy per output
     /// row (on 6×5 maps each of those moved 5 values), and afterwards the columns that fell outside
     /// the image, whose copied values came from the neighbouring rows, are zeroed.
-    fn unfold_row_shifted<T: WithDType>(&self, plane: &[T], (i, j): (usize, usize), (x0, x1): (usize, usize), dst: &mut [T]) {
+    fn unfold_row_shifted<T: WithDType>(&self, plane: &[T], &Tap { i, j, x0, x1, .. }: &Tap, dst: &mut [T]) {
         let w = self.w as isize;
         let p = self.padding as isize;
         // Output rows whose input row `y + i − p` is inside the image.
@@ -544,12 +544,12 @@ impl Geometry {
             return unsafe { written_vec(self.n * self.image(), fill) };
         }
         let mut out = vec![T::zero(); self.n * self.image()];
+        let taps = self.taps();
         self.per_group(&mut out, self.image(), self.group, |images, gx, s: &mut Scratch<T>, par| {
             let gl = images.len() * l;
             let dy = self.output_as_image().cols(dy, images, &mut s.side);
             s.cols.resize(k * gl, T::zero());
             matmul(&mut s.cols, Mat::rows(wt, self.c_out, k).t(), Mat::rows(dy, self.c_out, gl), false, par);
-            let taps = self.taps();
             for (i, gx) in gx.chunks_mut(self.image()).enumerate() {
                 for (tap, row) in taps.iter().zip(s.cols.chunks(gl)) {
                     self.fold_row(&row[i * l..(i + 1) * l], tap, gx);
