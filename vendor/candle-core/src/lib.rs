@@ -75,6 +75,7 @@ pub mod nditer;
 pub mod npy;
 pub mod op;
 pub mod pickle;
+#[cfg(feature = "quantized")]
 pub mod quantized;
 pub mod safetensors;
 pub mod scalar;

@@ -293,6 +293,8 @@ impl BarrierPool {
 
     // Uniform, short work units can avoid shared-cursor contention by assigning
     // one contiguous range per thread.
+    // (dmm's patch: only the `quantized` module calls this; PATCHED.md.)
+    #[cfg_attr(not(feature = "quantized"), allow(dead_code))]
     pub(crate) fn execute_static<F: Fn(std::ops::Range<usize>) + Sync>(
         &self,
         n_items: usize,
