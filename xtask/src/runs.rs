@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -256,45 +256,68 @@ pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     dmm_data::fsutil::write_atomic(path, text.as_bytes()).with_context(|| format!("{}: cannot write", path.display()))
 }
 
-/// Runs `specs` on `settings.jobs` workers: CelebA runs first, then LFWA runs (each needs its
-/// CelebA run). Returns one line per failed run; the others still finish.
+/// Runs `specs` on `settings.jobs` workers, in [`schedule`]'s order. Returns one line per failed
+/// run; the others still finish.
 pub fn run_all(dmm: &Dmm, settings: &Settings, specs: &[Spec]) -> Vec<String> {
     let bar = ProgressBar::new(specs.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} runs  {elapsed_precise}  {msg}").expect("valid template"),
     );
     let failures = Mutex::new(Vec::new());
     let active = Mutex::new(Vec::<String>::new());
-    for ds in [Ds::Celeba, Ds::Lfwa] {
-        let phase: Vec<&Spec> = specs.iter().filter(|s| s.ds == ds).collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..settings.jobs.max(1) {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(spec) = phase.get(i) else { break };
-                    let label = format!("{}/{}", spec.ds.as_str(), spec.name);
-                    set_active(&bar, &active, Some(&label), None);
-                    let line = match run_one(dmm, settings, spec) {
-                        Ok(Done::Trained { seconds }) => format!("{label}: trained and evaluated in {seconds:.0} s"),
-                        Ok(Done::Reused) => format!("{label}: finished earlier, reused"),
-                        Err(e) => {
-                            let msg = format!("{label}: {e:#}");
-                            failures.lock().expect("lock").push(msg.clone());
-                            format!("FAILED {msg}")
-                        }
-                    };
-                    bar.println(&line);
-                    if bar.is_hidden() {
-                        eprintln!("{line}");
-                    }
-                    bar.inc(1);
-                    set_active(&bar, &active, None, Some(&label));
-                });
+    schedule(settings.jobs, specs, |spec| {
+        let label = format!("{}/{}", spec.ds.as_str(), spec.name);
+        set_active(&bar, &active, Some(&label), None);
+        let line = match run_one(dmm, settings, spec) {
+            Ok(Done::Trained { seconds }) => format!("{label}: trained and evaluated in {seconds:.0} s"),
+            Ok(Done::Reused) => format!("{label}: finished earlier, reused"),
+            Err(e) => {
+                let msg = format!("{label}: {e:#}");
+                failures.lock().expect("lock").push(msg.clone());
+                format!("FAILED {msg}")
             }
-        });
-    }
+        };
+        bar.println(&line);
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        }
+        bar.inc(1);
+        set_active(&bar, &active, None, Some(&label));
+    });
     bar.finish_and_clear();
     failures.into_inner().expect("lock")
+}
+
+/// Calls `run` for every spec on `jobs` worker threads: the CelebA runs first, then the LFWA
+/// runs, each of which fine-tunes from the CelebA run of its name. A worker that takes an LFWA run
+/// whose CelebA run is among `specs` waits until that run has ended, and the other workers go on
+/// meanwhile: the two datasets overlap, where a barrier between them left workers idle while the
+/// last CelebA runs finished.
+fn schedule<F: Fn(&Spec) + Sync>(jobs: usize, specs: &[Spec], run: F) {
+    let celeba: Vec<&Spec> = specs.iter().filter(|s| s.ds == Ds::Celeba).collect();
+    let order: Vec<&Spec> = celeba.iter().copied().chain(specs.iter().filter(|s| s.ds == Ds::Lfwa)).collect();
+    // The names of the CelebA runs that have ended, however they ended.
+    let (ended, wake) = (Mutex::new(Vec::<&str>::new()), Condvar::new());
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let Some(&spec) = order.get(next.fetch_add(1, Ordering::SeqCst)) else { break };
+                if spec.ds == Ds::Lfwa && celeba.iter().any(|c| c.name == spec.name) {
+                    // Every CelebA run comes before every LFWA run in `order`, so this one's is
+                    // running on another worker or over: the wait ends.
+                    let mut done = ended.lock().expect("lock");
+                    while !done.contains(&spec.name.as_str()) {
+                        done = wake.wait(done).expect("lock");
+                    }
+                }
+                run(spec);
+                if spec.ds == Ds::Celeba {
+                    ended.lock().expect("lock").push(&spec.name);
+                    wake.notify_all();
+                }
+            });
+        }
+    });
 }
 
 fn set_active(bar: &ProgressBar, active: &Mutex<Vec<String>>, add: Option<&str>, remove: Option<&str>) {
@@ -324,6 +347,34 @@ pub fn default_jobs(preset: &str, cores: usize, requested: Option<usize>) -> (us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// LFWA runs start only after their CelebA run has ended, and the two datasets overlap: with
+    /// two workers, an LFWA run starts while the last CelebA run is still going.
+    #[test]
+    fn lfwa_runs_wait_for_their_celeba_run_only() {
+        use std::time::Duration;
+        let specs = plan(&[Ds::Celeba, Ds::Lfwa]);
+        let t0 = Instant::now();
+        let log = Mutex::new(Vec::new());
+        // The last CelebA run is much longer than the others, as an idle worker would see it.
+        schedule(2, &specs, |spec| {
+            let start = t0.elapsed();
+            let long = spec.ds == Ds::Celeba && spec.name == "dmm-cnn-aw";
+            std::thread::sleep(Duration::from_millis(if long { 400 } else { 20 }));
+            log.lock().unwrap().push((spec.ds, spec.name.clone(), start, t0.elapsed()));
+        });
+        let log = log.into_inner().unwrap();
+        assert_eq!(log.len(), specs.len(), "every run ran once");
+        let find = |ds: Ds, name: &str| log.iter().find(|(d, n, ..)| *d == ds && n == name).expect("ran");
+        for spec in specs.iter().filter(|s| s.ds == Ds::Lfwa) {
+            let (.., celeba_end) = find(Ds::Celeba, &spec.name);
+            let (_, _, lfwa_start, _) = find(Ds::Lfwa, &spec.name);
+            assert!(lfwa_start >= celeba_end, "{}: LFWA started at {lfwa_start:?}, before its CelebA run ended at {celeba_end:?}", spec.name);
+        }
+        let (.., last_celeba_end) = find(Ds::Celeba, "dmm-cnn-aw");
+        let (_, _, first_lfwa_start, _) = find(Ds::Lfwa, "baseline");
+        assert!(first_lfwa_start < last_celeba_end, "no overlap: LFWA started at {first_lfwa_start:?}, the last CelebA run ended at {last_celeba_end:?}");
+    }
 
     #[test]
     fn plan_holds_both_tables_once() {
