@@ -300,24 +300,37 @@ fn schedule<F: Fn(&Spec) + Sync>(jobs: usize, specs: &[Spec], run: F) {
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
-            scope.spawn(|| loop {
-                let Some(&spec) = order.get(next.fetch_add(1, Ordering::SeqCst)) else { break };
-                if spec.ds == Ds::Lfwa && celeba.iter().any(|c| c.name == spec.name) {
-                    // Every CelebA run comes before every LFWA run in `order`, so this one's is
-                    // running on another worker or over: the wait ends.
-                    let mut done = ended.lock().expect("lock");
-                    while !done.contains(&spec.name.as_str()) {
-                        done = wake.wait(done).expect("lock");
+            scope.spawn(|| {
+                while let Some(&spec) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    if spec.ds == Ds::Lfwa && celeba.iter().any(|c| c.name == spec.name) {
+                        // Every CelebA run comes before every LFWA run in `order`, so this one's is
+                        // running on another worker or over: the wait ends.
+                        let mut done = ended.lock().unwrap_or_else(|e| e.into_inner());
+                        while !done.contains(&spec.name.as_str()) {
+                            done = wake.wait(done).unwrap_or_else(|e| e.into_inner());
+                        }
                     }
-                }
-                run(spec);
-                if spec.ds == Ds::Celeba {
-                    ended.lock().expect("lock").push(&spec.name);
-                    wake.notify_all();
+                    let _end = (spec.ds == Ds::Celeba).then(|| MarkEnded { name: &spec.name, ended: &ended, wake: &wake });
+                    run(spec);
                 }
             });
         }
     });
+}
+
+/// Records a CelebA run as ended when dropped, after `run` returns or while it panics, so that no
+/// worker waits for it forever and the panic reaches the caller.
+struct MarkEnded<'a> {
+    name: &'a str,
+    ended: &'a Mutex<Vec<&'a str>>,
+    wake: &'a Condvar,
+}
+
+impl Drop for MarkEnded<'_> {
+    fn drop(&mut self) {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner()).push(self.name);
+        self.wake.notify_all();
+    }
 }
 
 fn set_active(bar: &ProgressBar, active: &Mutex<Vec<String>>, add: Option<&str>, remove: Option<&str>) {
@@ -374,6 +387,22 @@ mod tests {
         let (.., last_celeba_end) = find(Ds::Celeba, "dmm-cnn-aw");
         let (_, _, first_lfwa_start, _) = find(Ds::Lfwa, "baseline");
         assert!(first_lfwa_start < last_celeba_end, "no overlap: LFWA started at {first_lfwa_start:?}, the last CelebA run ended at {last_celeba_end:?}");
+    }
+
+    /// A CelebA run that panics still counts as ended: its LFWA run does not wait forever, and
+    /// the panic reaches the caller.
+    #[test]
+    fn a_panicking_run_reaches_the_caller() {
+        let specs = plan(&[Ds::Celeba, Ds::Lfwa]);
+        let ran = AtomicUsize::new(0);
+        let outcome = std::panic::catch_unwind(|| {
+            schedule(2, &specs, |spec| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                assert!(!(spec.ds == Ds::Celeba && spec.name == "dmm-cnn-aw"), "the last CelebA run fails");
+            })
+        });
+        assert!(outcome.is_err(), "the panic is lost");
+        assert!(ran.load(Ordering::SeqCst) >= specs.len() - 1, "a worker stopped early");
     }
 
     #[test]
