@@ -305,10 +305,8 @@ fn schedule<F: Fn(&Spec) + Sync>(jobs: usize, specs: &[Spec], run: F) {
                     if spec.ds == Ds::Lfwa && celeba.iter().any(|c| c.name == spec.name) {
                         // Every CelebA run comes before every LFWA run in `order`, so this one's is
                         // running on another worker or over: the wait ends.
-                        let mut done = ended.lock().unwrap_or_else(|e| e.into_inner());
-                        while !done.contains(&spec.name.as_str()) {
-                            done = wake.wait(done).unwrap_or_else(|e| e.into_inner());
-                        }
+                        let done = ended.lock().unwrap_or_else(|e| e.into_inner());
+                        drop(wake.wait_while(done, |done| !done.contains(&spec.name.as_str())).unwrap_or_else(|e| e.into_inner()));
                     }
                     let _end = (spec.ds == Ds::Celeba).then(|| MarkEnded { name: &spec.name, ended: &ended, wake: &wake });
                     run(spec);
