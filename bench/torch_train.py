@@ -21,6 +21,17 @@ The built-in model's recipe (models/README.md), at its native size with the land
 
     python3 bench/torch_train.py --root ../shared/data/celeba --variant dmm-cnn --width 16 \
         --size 218x178 --landmarks runs/bundle-model/landmarks.csv --epochs 18 --json out.json
+
+The `mini` preset on the bundled sample, as `cargo xtask reproduce --preset mini` runs it: CelebA
+from the bundled trunk, then LFWA fine-tuned from that run's model (--save writes it with dmm's key
+names; LFWA evaluates on its first 60 train images, as dmm's `--eval-split train` with max_eval 60):
+
+    python3 bench/torch_train.py --root data/celeba --variant dmm-cnn --width 8 --size 96x80 \
+        --batch 16 --epochs 12 --eval-every 17 --patience 2 --landmarks data/celeba/landmarks.csv \
+        --backbone data/pretrained/celeba-baseline-w8.safetensors --save celeba.safetensors
+    python3 bench/torch_train.py --dataset lfwa --root data/lfwa --variant dmm-cnn --width 8 \
+        --size 96x80 --batch 16 --epochs 6 --eval-every 17 --patience 2 --max-eval 60 \
+        --landmarks data/lfwa/landmarks.csv --init celeba.safetensors
 """
 import argparse
 import json
@@ -33,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "crates/dmm-model/tests/fixtures"))
@@ -63,10 +75,27 @@ def read_celeba(root):
     return labels, out
 
 
-def load(root, names, size):
+def read_lfwa(root):
+    """The LFWA text split (lfwa_40attr_with_split.txt: `image split` and 40 labels in 0/1), in
+    file order, as dmm reads it: train as split 0, test as split 2 (LFWA has no val split)."""
+    labels, out = {}, {0: [], 1: [], 2: []}
+    with open(os.path.join(root, "lfwa_40attr_with_split.txt")) as f:
+        for line in f:
+            parts = line.split()
+            if not parts or parts[0].startswith("#") or parts[:2] == ["image", "split"]:
+                continue
+            labels[parts[0]] = [1.0 if v == "1" else -1.0 for v in parts[2:]]
+            out[{"train": 0, "test": 2}[parts[1]]].append(parts[0])
+    return labels, out
+
+
+IMAGES = {"celeba": "img_align_celeba", "lfwa": "lfw"}
+
+
+def load(root, images, names, size):
     xs = torch.empty(len(names), 3, *size, dtype=torch.uint8)
     for i, n in enumerate(names):
-        img = np.asarray(Image.open(os.path.join(root, "img_align_celeba", n)).convert("RGB"))
+        img = np.asarray(Image.open(os.path.join(root, images, n)).convert("RGB"))
         t = torch.from_numpy(img.copy()).permute(2, 0, 1).float().unsqueeze(0)
         if tuple(t.shape[2:]) != tuple(size):
             t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
@@ -105,6 +134,32 @@ class DmmCnn(Dmm):
 FLIP = [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17,
         27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
         54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+
+
+def dmm_keys(model):
+    """The model's tensors under dmm's checkpoint names: the trunk's without `trunk.`, the
+    Baseline's classifier as `attributes.fc`, no `num_batches_tracked`."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        k = k[len("trunk."):] if k.startswith("trunk.") else k
+        out["attributes." + k if k.startswith("fc.") else k] = v
+    return out
+
+
+def load_dmm(model, path, trunk_only):
+    """Copies a dmm checkpoint (or one --save wrote) into the model: every tensor, or with
+    trunk_only the trunk's alone (dmm's --backbone). A tensor the model needs and the file lacks
+    is an error."""
+    src = load_file(path)
+    with torch.no_grad():
+        for k, t in dmm_keys(model).items():
+            if trunk_only and k.split(".")[0] in ("attributes", "objective", "subjective", "landmarks"):
+                continue
+            if k not in src:
+                sys.exit(f"{path}: no tensor {k}")
+            t.copy_(src[k].to(t.dtype))
 
 
 def read_landmarks(path, names, size, native):
@@ -180,6 +235,7 @@ def evaluate(model, xs, ys, tau, batch, points=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=["celeba", "lfwa"], default="celeba")
     p.add_argument("--root", required=True)
     p.add_argument("--variant", choices=["baseline", "dmm-cnn"], default="dmm-cnn")
     p.add_argument("--width", type=int, default=32)
@@ -194,6 +250,10 @@ def main():
     p.add_argument("--no-head-norm", action="store_true", help="DMM-CNN without batch norm between SPP and FC (the control)")
     p.add_argument("--landmarks", help="dmm's landmark CSV: train the landmark head too (DMM-CNN)")
     p.add_argument("--beta", type=float, default=0.5, help="weight of the landmark loss (Eq. 3)")
+    p.add_argument("--max-eval", type=int, help="evaluate on at most this many images (dmm's max_eval)")
+    p.add_argument("--backbone", help="a dmm checkpoint whose trunk the model starts from (dmm's --backbone)")
+    p.add_argument("--init", help="a dmm checkpoint the whole model starts from (dmm's --init)")
+    p.add_argument("--save", help="write the best model here, with dmm's key names (safetensors)")
     p.add_argument("--minutes", type=float, help="stop training after this much wall time (loading included), to compare at equal time")
     p.add_argument("--json", help="write the summary here")
     a = p.parse_args()
@@ -201,20 +261,27 @@ def main():
     torch.manual_seed(a.seed)
     size = tuple(int(v) for v in a.size.split("x"))
     started = time.time()
-    labels, splits = read_celeba(a.root)
+    labels, splits = read_celeba(a.root) if a.dataset == "celeba" else read_lfwa(a.root)
+    if a.dataset == "lfwa":
+        splits[1] = splits[0]  # dmm evaluates LFWA runs on its train split
+    if a.max_eval is not None:
+        splits[1] = splits[1][:a.max_eval]
+    images = IMAGES[a.dataset]
     data = {}
     for k, name in [(0, "train"), (1, "val"), (2, "test")]:
         names = splits[k]
-        data[name] = (load(a.root, names, size), torch.tensor([labels[n] for n in names]))
+        data[name] = (load(a.root, images, names, size), torch.tensor([labels[n] for n in names]))
     load_seconds = time.time() - started
     print(f"loaded {', '.join(f'{k} {len(v[0])}' for k, v in data.items())} in {load_seconds:.0f} s", flush=True)
     dmm = a.variant == "dmm-cnn"
     model = DmmCnn(a.width, read_groups(), not a.no_head_norm) if dmm else Baseline(a.width)
+    if a.backbone or a.init:
+        load_dmm(model, a.init or a.backbone, trunk_only=not a.init)
     val_points = test_points = None
     if a.landmarks:
         if not dmm:
             sys.exit("--landmarks needs --variant dmm-cnn")
-        img = Image.open(os.path.join(a.root, "img_align_celeba", splits[0][0]))
+        img = Image.open(os.path.join(a.root, images, splits[0][0]))
         ptr, mtr = read_landmarks(a.landmarks, splits[0], size, (img.height, img.width))
         val_points = (*read_landmarks(a.landmarks, splits[1], size, (img.height, img.width)), size)
         test_points = (*read_landmarks(a.landmarks, splits[2], size, (img.height, img.width)), size)
@@ -304,11 +371,13 @@ def main():
     train_seconds = time.time() - started
     prof["other"] = train_seconds - load_seconds - sum(v for k, v in prof.items() if k != "other")
     model.load_state_dict(best[1])
+    if a.save:
+        save_file({k: v.contiguous() for k, v in dmm_keys(model).items()}, a.save)
     xte, yte = data["test"]
     test = evaluate(model, xte, yte, best[2], 64, test_points)
     majority = torch.where(ytr.mean(0) > 0, 1.0, -1.0)
     maj_acc = (yte == majority).double().mean().item()
-    out = {"variant": a.variant, "width": a.width, "size": a.size, "batch": a.batch, "epochs": a.epochs, "iterations": it, "minutes_budget": a.minutes, "lr": a.lr,
+    out = {"dataset": a.dataset, "variant": a.variant, "width": a.width, "size": a.size, "batch": a.batch, "epochs": a.epochs, "iterations": it, "minutes_budget": a.minutes, "lr": a.lr,
            "wall_seconds": train_seconds, "load_seconds": load_seconds, "profile": prof, "images_trained": it * a.batch, "best_val_acc": best[0], "test_acc": test["acc"], "test_bal": test["bal"], "test_nme": test["nme"],
            "majority_test_acc": maj_acc, "landmarks": a.landmarks, "head_norm": dmm and not a.no_head_norm, "records": records}
     print("time after loading: " + ", ".join(f"{k} {v:.1f} s" for k, v in prof.items()), flush=True)
