@@ -5,7 +5,7 @@ CelebA: whole identities, the first ones (by identity number) that are present i
 each split has its quota (train 280, val 60, test 60). The label files keep the official format
 (count line, header, CRLF) restricted to the chosen rows.
 
-LFWA: the first 60 train and 40 test images (in name.txt order) that are present. name.txt,
+LFWA: the first 300 train and 100 test images (in name.txt order) that are present. name.txt,
 label.txt and lfwa_40attr_with_split.txt keep their formats restricted to those rows, and
 indices_train_test.mat is rewritten as a MATLAB 7.3 (HDF5) file with the same variable names and
 layout as the official one, indexing the sample's rows (needs h5py).
@@ -17,7 +17,7 @@ import os
 import shutil
 
 QUOTA_CELEBA = {"0": 280, "1": 60, "2": 60}
-QUOTA_LFWA = {"train": 60, "test": 40}
+QUOTA_LFWA = {"train": 300, "test": 100}
 
 
 def read_lines(path):

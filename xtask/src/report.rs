@@ -174,8 +174,9 @@ pub fn write_report(settings: &Settings, command: &str) -> anyhow::Result<(PathB
             md,
             "> **This is not the paper's setting.** The paper trains a full-width ResNet-50 from ImageNet weights on 162,770 CelebA \
              images for 15 epochs on a GPU. Preset `{preset}` trains a {} on the data below, on a CPU. The numbers show the whole \
-             pipeline running on real faces; differences smaller than about two standard errors (the ± column) are noise, and \
-             a model trained on a few hundred images mostly predicts each attribute's majority label.\n",
+             pipeline running on real faces: read each row against the always-majority row, which a few hundred training \
+             images take a model only a few points past, and treat differences smaller than about two standard errors \
+             (the ± column) as noise.\n",
             dmm.map(|r| describe_config(&r.config)).unwrap_or_else(|| "reduced network".into())
         );
     }

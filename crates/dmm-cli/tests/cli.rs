@@ -54,7 +54,7 @@ fn stats_table_for_lfwa() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let train = text.lines().find(|l| l.starts_with("train")).unwrap();
-    assert_eq!(train.split_whitespace().collect::<Vec<_>>(), ["train", "60", "60"]);
+    assert_eq!(train.split_whitespace().collect::<Vec<_>>(), ["train", "300", "300"]);
     assert!(!text.lines().any(|l| l.starts_with("val")), "LFWA has no validation split");
 }
 
@@ -285,7 +285,7 @@ fn text_split_converts_the_official_mat_split() {
     }
     let out = dmm(&["dataset", "text-split", "--root", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("(60 train, 40 test images)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(300 train, 100 test images)"));
     // The bundled text split was made from the same files by scripts/make_sample.py (Python, h5py).
     let rows = |p: PathBuf| std::fs::read_to_string(p).unwrap().lines().filter(|l| !l.starts_with('#')).map(String::from).collect::<Vec<_>>();
     assert_eq!(rows(dir.path().join("lfwa_40attr_with_split.txt")), rows(repo().join("data/lfwa/lfwa_40attr_with_split.txt")));

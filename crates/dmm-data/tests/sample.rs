@@ -33,7 +33,7 @@ fn bundled_celeba_is_complete() {
 #[test]
 fn bundled_lfwa_text_split() {
     let ds = Dataset::open(DatasetKind::Lfwa, &repo().join("data/lfwa")).unwrap();
-    assert_eq!(counts(&ds), [(Split::Train, 60, 60), (Split::Test, 40, 40)]);
+    assert_eq!(counts(&ds), [(Split::Train, 300, 300), (Split::Test, 100, 100)]);
     assert!(ds.samples.iter().all(|s| s.name.contains('/') && !s.name.contains('\\')));
 }
 
