@@ -123,9 +123,10 @@ impl TrainConfig {
             // reproduce --preset mini` (20 runs, two at a time on two cores) takes minutes. 280
             // images and a few hundred steps cannot train a trunk from scratch (it stays at the
             // priors), so the trunk starts from the bundled one, as the paper's starts from
-            // ImageNet: see [`MINI_BACKBONE`]. LFWA fine-tunes the CelebA run's model on 300 images
-            // for 6 epochs (as many images seen as CelebA's 12 epochs of 280 would be, nearly), and
-            // both evaluate on at most 60 images, so that an LFWA run costs half a CelebA one.
+            // ImageNet: see [`MINI_BACKBONE`]. LFWA fine-tunes the CelebA run's model on the 300
+            // bundled LFWA train images for 6 epochs, and both evaluate on at most 60 images (LFWA
+            // on its train split), so that an LFWA run costs about half a CelebA one; 60 images did
+            // not move the model off the majority (docs/training.md, "What training reaches").
             "mini" => Self {
                 width: 8,
                 input_size: Some((96, 80)),
