@@ -270,6 +270,10 @@ def main():
     data = {}
     for k, name in [(0, "train"), (1, "val"), (2, "test")]:
         names = splits[k]
+        if name == "val" and a.dataset == "lfwa":
+            # The first train images, already decoded.
+            data[name] = tuple(t[:len(names)] for t in data["train"])
+            continue
         data[name] = (load(a.root, images, names, size), torch.tensor([labels[n] for n in names]))
     load_seconds = time.time() - started
     print(f"loaded {', '.join(f'{k} {len(v[0])}' for k, v in data.items())} in {load_seconds:.0f} s", flush=True)
