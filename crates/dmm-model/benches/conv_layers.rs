@@ -10,7 +10,8 @@
 //!   ops are included.
 //!
 //! `DMM_BENCH_WIDTH` and `DMM_BENCH_BATCH` pick another trunk width and batch (the `subset` preset:
-//! 32 and 32, at 109x89). Median of `DMM_BENCH_ITERS` calls (default 5) after one warm-up, freed buffers kept by
+//! 32 and 32, at 109x89); `DMM_BENCH_ROW=N` times only the table's row N (0 is the stem), for a
+//! profile of one convolution. Median of `DMM_BENCH_ITERS` calls (default 5) after one warm-up, freed buffers kept by
 //! mimalloc as in `dmm`. Run: `cargo bench -p dmm-model --bench conv_layers -- forward|train`.
 
 use std::time::Instant;
@@ -100,7 +101,11 @@ fn main() -> candle_core::Result<()> {
     println!("| count | conv | input | ms | GFLOP/s | ms × count |");
     println!("|---|---|---|---|---|---|");
     let (mut total, mut flops) = (0.0, 0.0);
+    let only = std::env::var("DMM_BENCH_ROW").ok().and_then(|s| s.parse::<usize>().ok());
     for (i, l) in resnet50(h, w, width).iter().enumerate() {
+        if only.is_some_and(|r| r != i) {
+            continue;
+        }
         let x = Tensor::randn(0f32, 1., (n, l.c_in, l.h, l.w), &dev)?;
         let wt = Tensor::randn(0f32, 0.05, (l.c_out, l.c_in, l.k, l.k), &dev)?;
         let (scale, shift) = (vec![1.0; l.c_out], vec![0.0; l.c_out]);
