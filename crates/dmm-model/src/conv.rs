@@ -11,7 +11,8 @@
 //!
 //! The 3×3, stride-1 convolutions on maps of at least a dozen 4×4 tiles run their forward and
 //! both gradients through Winograd F(4×4, 3×3) instead ([`winograd`]: four times fewer
-//! multiply-adds).
+//! multiply-adds). The stem of a narrow trunk (three input channels, 8 or 16 output channels) runs
+//! its forward and weight gradient through direct loops ([`direct`]): no unfolded columns.
 //!
 //! candle's own conv2d backward runs the input gradient through a direct `conv_transpose2d` loop
 //! several times slower than the forward, and gets `output_padding` wrong for strided convs whose
@@ -29,8 +30,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::gemm::{all_threads, binary_kernel, expect_dims, matmul, matmul_uninit, written_vec, Mat};
-use crate::simd::multiversion;
+use crate::simd::{multiversion, Real};
 
+mod direct;
 mod winograd;
 #[cfg(feature = "cuda")]
 use {
@@ -247,6 +249,9 @@ struct Geometry {
     /// Forward and both gradients through Winograd F(4×4, 3×3): set where [`winograd::applies`]
     /// (3×3, stride 1, padding 1, maps of enough tiles).
     winograd: bool,
+    /// Forward and weight gradient through the direct loops of [`direct`]: set where
+    /// [`direct::applies`] (the stem) and Winograd does not.
+    direct: bool,
 }
 
 /// Where one row of the unfolded columns reads from: input channel `c`, kernel position `(i, j)`,
@@ -268,12 +273,13 @@ impl Geometry {
             candle_core::bail!("conv2d: input {:?}, weight {:?}, stride {stride}, padding {padding} do not fit", xs.dims(), weight.dims())
         }
         let (oh, ow) = ((h + 2 * padding - kh) / stride + 1, (w + 2 * padding - kw) / stride + 1);
-        let g = Self { n, c_in, h, w, c_out, kh, kw, stride, padding, oh, ow, group: 1, forward_group: 1, winograd: false };
+        let g = Self { n, c_in, h, w, c_out, kh, kw, stride, padding, oh, ow, group: 1, forward_group: 1, winograd: false, direct: false };
         let threads = rayon::current_num_threads();
         Ok(Self {
             group: g.group_size(threads, GROUP_COLUMNS),
             forward_group: g.group_size(threads, FORWARD_GROUP_COLUMNS),
             winograd: winograd::applies(&g),
+            direct: direct::applies(&g) && !winograd::applies(&g),
             ..g
         })
     }
@@ -484,15 +490,18 @@ impl Geometry {
     }
 
     /// Forward: `Y_b = W · cols(x_b)`, written into the NCHW output, then the epilogue if any.
-    fn forward<T: WithDType>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
+    fn forward<T: Real>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>) -> Vec<T> {
         self.forward_residual(x, wt, epilogue, None)
     }
 
     /// [`Self::forward`], with `residual` `[n, c_out, oh, ow]` added by the epilogue before its
     /// ReLU.
-    fn forward_residual<T: WithDType>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>, residual: Option<&[T]>) -> Vec<T> {
+    fn forward_residual<T: Real>(&self, x: &[T], wt: &[T], epilogue: Option<&Epilogue>, residual: Option<&[T]>) -> Vec<T> {
         if self.winograd && residual.is_none() {
             return winograd::forward(self, x, wt, epilogue);
+        }
+        if self.direct && residual.is_none() {
+            return direct::forward(self, x, wt, epilogue);
         }
         let (k, l, size) = (self.k(), self.l(), self.output());
         let finish = |y: &mut [T], b: usize, l: usize| match (epilogue, residual) {
@@ -562,9 +571,12 @@ impl Geometry {
     }
 
     /// Weight gradient: `∂W = Σ_b ∂Y_b · cols(x_b)ᵀ`, one partial sum per thread.
-    fn weight_grad<T: WithDType>(&self, x: &[T], dy: &[T]) -> Vec<T> {
+    fn weight_grad<T: Real>(&self, x: &[T], dy: &[T]) -> Vec<T> {
         if self.winograd {
             return winograd::weight_grad(self, x, dy);
+        }
+        if self.direct {
+            return direct::weight_grad(self, x, dy);
         }
         let (k, size, g) = (self.k(), self.c_out * self.k(), self.group);
         let add = |gw: &mut Vec<T>, images: Range<usize>, s: &mut Scratch<T>, par| {
@@ -1019,6 +1031,48 @@ mod tests {
         Ok(())
     }
 
+    /// The stem's direct loops give the loop reference's forward, epilogue and weight gradient
+    /// (f64): strides 1 to 3, paddings 0 to 3, kernels wider than a block of kernel columns,
+    /// output rows that end in part of a block, one and several blocks of channels, one image
+    /// and several (in parallel, with partial sums per thread).
+    #[test]
+    fn direct_stem_equals_the_reference() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for &(n, c_in, c_out, k, s, p, h, w) in &[
+            (3, 3, 8, 7, 2, 3, 22, 19),
+            (1, 3, 16, 7, 2, 3, 13, 30),
+            (2, 1, 8, 3, 1, 1, 5, 9),
+            (2, 4, 8, 9, 3, 0, 20, 17),
+            (2, 2, 16, 5, 1, 2, 6, 7),
+        ] {
+            let x = Tensor::randn(0f64, 1., (n, c_in, h, w), &dev)?;
+            let wt = Tensor::randn(0f64, 1., (c_out, c_in, k, k), &dev)?;
+            let g = Geometry::new(&x, &wt, s, p)?;
+            assert!(g.direct, "{c_in}→{c_out} {k}×{k}/{s} takes the direct path");
+            let plain = x.conv2d(&wt, p, s, 1, 1)?;
+            let up = Tensor::randn(0f64, 1., plain.dims(), &dev)?;
+            let (_, rw) = reference_grads(&x, &wt, &up, s, p)?;
+            let e = Epilogue { scale: (0..c_out).map(|c| c as f64 - 1.5).collect(), shift: (0..c_out).map(|c| 0.25 * c as f64).collect(), relu: true };
+            let mut mapped: Vec<f64> = plain.flatten_all()?.to_vec1()?;
+            for image in mapped.chunks_mut(plain.elem_count() / n) {
+                e.apply(image, plain.dim(2)? * plain.dim(3)?);
+            }
+            let (xv, wv, uv): (Vec<f64>, Vec<f64>, Vec<f64>) = (x.flatten_all()?.to_vec1()?, wt.flatten_all()?.to_vec1()?, up.flatten_all()?.to_vec1()?);
+            let t = |v: Vec<f64>, like: &Tensor| Tensor::from_vec(v, like.dims(), &dev);
+            let what = format!("{n}×{c_in}×{h}×{w}, {c_out}×{k}×{k}/{s} p{p}");
+            assert!(max_diff(&t(g.forward(&xv, &wv, None), &plain)?, &plain) < 1e-12, "forward {what}");
+            assert!(max_diff(&t(g.forward(&xv, &wv, Some(&e)), &plain)?, &t(mapped, &plain)?) < 1e-12, "epilogue {what}");
+            assert!(max_diff(&t(g.weight_grad(&xv, &uv), &wt)?, &rw) < 1e-10, "weight gradient {what}");
+        }
+        // Not for channels that do not fill a block, nor for more than two blocks, nor for the
+        // trunk's many-channel layers.
+        for (c_in, c_out, k) in [(3, 12, 7), (3, 32, 7), (8, 8, 3), (3, 8, 1)] {
+            let g = Geometry::new(&Tensor::zeros((1, c_in, 9, 9), DType::F64, &dev)?, &Tensor::zeros((c_out, c_in, k, k), DType::F64, &dev)?, 2, 1)?;
+            assert!(!g.direct, "{c_in}→{c_out} {k}×{k}");
+        }
+        Ok(())
+    }
+
     /// The folded eval path equals the convolution followed by the per-channel map (and ReLU).
     #[test]
     fn affine_epilogue_equals_conv_then_map() -> candle_core::Result<()> {
@@ -1142,7 +1196,7 @@ mod emulated_tests {
 
     fn geometry(n: usize, c_in: usize, (h, w): (usize, usize), kernel: usize, stride: usize, padding: usize) -> Geometry {
         let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
-        Geometry { n, c_in, h, w, c_out: 4, kh: kernel, kw: kernel, stride, padding, oh, ow, group: 1, forward_group: 1, winograd: false }
+        Geometry { n, c_in, h, w, c_out: 4, kh: kernel, kw: kernel, stride, padding, oh, ow, group: 1, forward_group: 1, winograd: false, direct: false }
     }
 
     fn ints(g: &Geometry) -> [i32; 9] {

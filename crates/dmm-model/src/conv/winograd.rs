@@ -512,7 +512,7 @@ mod tests {
     }
 
     fn geometry(n: usize, c_in: usize, c_out: usize, h: usize, w: usize) -> Geometry {
-        Geometry { n, c_in, h, w, c_out, kh: 3, kw: 3, stride: 1, padding: 1, oh: h, ow: w, group: 1, forward_group: 1, winograd: false }
+        Geometry { n, c_in, h, w, c_out, kh: 3, kw: 3, stride: 1, padding: 1, oh: h, ow: w, group: 1, forward_group: 1, winograd: false, direct: false }
     }
 
     /// Largest `|a − b|` over the largest `|b|`.
