@@ -964,9 +964,10 @@ mod tests {
 
     /// Unfolding equals the definition, element by element, into a buffer holding stale values:
     /// the shifted copy of stride-1 "same" convolutions (3×3, 5×5, 1×1) on maps down to 1×1,
-    /// and the row-by-row path beside it.
+    /// and the row-by-row path beside it. Folding, its adjoint, equals the definition's sums on
+    /// the same cases.
     #[test]
-    fn unfold_equals_its_definition() -> candle_core::Result<()> {
+    fn unfold_and_fold_equal_their_definitions() -> candle_core::Result<()> {
         let dev = Device::Cpu;
         for &(c, k, s, p, h, w) in &[
             (2, 3, 1, 1, 6, 5),
@@ -997,6 +998,22 @@ mod tests {
                     assert_eq!(got, want, "k{k} s{s} p{p} {h}×{w}: row {r}, column {q}");
                 }
             }
+            let up: Vec<f64> = Tensor::randn(0f64, 1., g.k() * g.l(), &dev)?.to_vec1()?;
+            let mut want = vec![0.0; c * h * w];
+            for (r, row) in up.chunks(g.l()).enumerate() {
+                let (ci, i, j) = (r / (k * k), r / k % k, r % k);
+                for (q, &v) in row.iter().enumerate() {
+                    let (sy, sx) = ((q / g.ow * s + i) as isize - p as isize, (q % g.ow * s + j) as isize - p as isize);
+                    if (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx) {
+                        want[ci * h * w + sy as usize * w + sx as usize] += v;
+                    }
+                }
+            }
+            let mut got = vec![0.0; c * h * w];
+            g.fold(&up, &mut got);
+            for (q, (got, want)) in got.iter().zip(&want).enumerate() {
+                assert!((got - want).abs() < 1e-12, "fold k{k} s{s} p{p} {h}×{w}: input {q}: {got} against {want}");
+            }
         }
         Ok(())
     }
@@ -1006,7 +1023,7 @@ mod tests {
     #[test]
     fn image_groups_change_nothing() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        for &(n, c_in, c_out, k, s, p, h, w) in &[(5, 3, 4, 3, 1, 1, 9, 10), (5, 6, 3, 1, 1, 0, 4, 5), (5, 4, 5, 3, 2, 1, 9, 8), (5, 3, 2, 1, 2, 0, 7, 6)] {
+        for &(n, c_in, c_out, k, s, p, h, w) in &[(5, 3, 4, 3, 1, 1, 9, 10), (5, 3, 4, 3, 1, 1, 4, 3), (5, 6, 3, 1, 1, 0, 4, 5), (5, 4, 5, 3, 2, 1, 9, 8), (5, 3, 2, 1, 2, 0, 7, 6)] {
             let x = Tensor::randn(0f64, 1., (n, c_in, h, w), &dev)?;
             let wt = Tensor::randn(0f64, 1., (c_out, c_in, k, k), &dev)?;
             let plain = x.conv2d(&wt, p, s, 1, 1)?;
@@ -1020,7 +1037,7 @@ mod tests {
             let (xv, wv, uv): (Vec<f64>, Vec<f64>, Vec<f64>) = (x.flatten_all()?.to_vec1()?, wt.flatten_all()?.to_vec1()?, up.flatten_all()?.to_vec1()?);
             let g0 = Geometry::new(&x, &wt, s, p)?;
             for group in [1, 2, 3, n] {
-                let g = Geometry { group, forward_group: group, ..g0 };
+                let g = Geometry { group, forward_group: group, winograd: false, direct: false, ..g0 };
                 let t = |v: Vec<f64>, like: &Tensor| Tensor::from_vec(v, like.dims(), &dev);
                 assert!(max_diff(&t(g.forward(&xv, &wv, None), &plain)?, &plain) < 1e-12, "forward k{k} s{s} group {group}");
                 assert!(max_diff(&t(g.forward(&xv, &wv, Some(&e)), &plain)?, &t(mapped.clone(), &plain)?) < 1e-12, "epilogue k{k} s{s} group {group}");
