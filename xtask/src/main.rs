@@ -130,7 +130,8 @@ enum Command {
         batch: usize,
         /// Instead of the kernel cases: one epoch of `dmm train --preset subset` (evaluations
         /// included) against the same epoch of bench/torch_train.py, with where each spends it
-        /// (loader, forward, backward, update, evaluation) and peak memory.
+        /// (loader, forward, backward, update, evaluation) and peak memory. Both decode their
+        /// images before the epoch; that time is shown beside it, not counted in it.
         #[arg(long)]
         train_run: bool,
         /// The CelebA root of --train-run (e.g. ../shared/data/celeba: 9,000 train / 2,000 val).

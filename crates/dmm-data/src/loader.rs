@@ -8,8 +8,9 @@
 //!
 //! Caching: when the split's images, resized, fit in [`CACHE_BYTES`], each is decoded and resized
 //! once and kept; later epochs only flip and normalize it. The batches are the same either way
-//! (the cached image is the one the pipeline would make again). PyTorch's reference script
-//! (`bench/torch_train.py`) likewise decodes its images once.
+//! (the cached image is the one the pipeline would make again). [`Loader::warm`] fills the cache
+//! up front, so that no epoch decodes beside the training on the same cores. PyTorch's reference
+//! script (`bench/torch_train.py`) likewise decodes its images once, before training.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -156,9 +157,33 @@ impl Loader {
         Self { cache: None, ..self }
     }
 
+    /// Whether this loader keeps its resized images (its split fits [`CACHE_BYTES`]).
+    pub fn caches(&self) -> bool {
+        self.cache.is_some()
+    }
+
     /// How many samples' resized images are held (0 when the split does not fit [`CACHE_BYTES`]).
     pub fn cached(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.iter().filter(|s| s.get().is_some()).count())
+    }
+
+    /// Decodes and resizes every sample not yet held into the cache, in parallel, calling `tick`
+    /// after each; returns how many it decoded (0 when the split does not fit [`CACHE_BYTES`],
+    /// which leaves decoding to the epochs). The first unreadable image is the error.
+    pub fn warm(&self, tick: &(dyn Fn() + Sync)) -> Result<usize> {
+        let Some(cache) = &self.cache else { return Ok(0) };
+        let transform = &self.config.transform;
+        self.items
+            .par_iter()
+            .zip(cache.par_iter())
+            .filter(|(_, slot)| slot.get().is_none())
+            .map(|(item, slot)| {
+                let r = load(item, transform)?;
+                slot.get_or_init(|| r);
+                tick();
+                Ok(1)
+            })
+            .sum()
     }
 
     /// Samples in the loader.
@@ -244,26 +269,28 @@ impl Loader {
 /// One sample through the pipeline: decoded and resized (or taken from its cache `slot`), then
 /// flipped and normalized.
 fn prepare(item: &Item, slot: Option<&OnceLock<Resized>>, transform: &Transform, flip: bool) -> Result<Prepared> {
-    let load = || -> Result<Resized> {
-        let img = decode(&item.path)?;
-        let from = (img.height() as usize, img.width() as usize);
-        Ok(Resized { img: transform.resize(&img)?.unwrap_or(img), from })
-    };
     let fresh;
     let resized = match slot {
         Some(slot) => match slot.get() {
             Some(r) => r,
             None => {
-                let r = load()?;
+                let r = load(item, transform)?;
                 slot.get_or_init(|| r)
             }
         },
         None => {
-            fresh = load()?;
+            fresh = load(item, transform)?;
             &fresh
         }
     };
     transform.apply_resized(&resized.img, resized.from, item.landmarks.as_deref(), flip)
+}
+
+/// One sample decoded and resized, as the cache keeps it.
+fn load(item: &Item, transform: &Transform) -> Result<Resized> {
+    let img = decode(&item.path)?;
+    let from = (img.height() as usize, img.width() as usize);
+    Ok(Resized { img: transform.resize(&img)?.unwrap_or(img), from })
 }
 
 /// Decodes (or takes from `cache`) and stacks one batch (images in parallel).

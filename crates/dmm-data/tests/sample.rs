@@ -141,6 +141,18 @@ fn cached_epochs_equal_freshly_decoded_ones() {
     assert_eq!(cached.batch_of(&[4, 0]).unwrap(), fresh.batch_of(&[4, 0]).unwrap());
     assert!(cached.cached() > 48, "three epochs of 48 draw most of the 60 images");
     assert_eq!(fresh.cached(), 0);
+    // Warming decodes exactly the images not yet held, and changes no batch.
+    let (held, ticks) = (cached.cached(), std::sync::atomic::AtomicUsize::new(0));
+    let tick = || _ = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(cached.warm(&tick).unwrap(), cached.n_samples() - held);
+    assert_eq!(ticks.into_inner(), cached.n_samples() - held);
+    assert_eq!((cached.cached(), cached.warm(&|| ()).unwrap()), (cached.n_samples(), 0));
+    assert_eq!(batches(&cached, 3, 0), batches(&fresh, 3, 0), "after warming");
+    let warmed = Loader::new(&ds, Split::Val, cfg.clone()).unwrap();
+    assert_eq!(warmed.warm(&|| ()).unwrap(), warmed.n_samples());
+    assert_eq!(batches(&warmed, 0, 0), batches(&fresh, 0, 0), "warmed before its first epoch");
+    assert!(cached.caches() && !fresh.caches());
+    assert_eq!(fresh.warm(&|| ()).unwrap(), 0, "a loader without a cache decodes per epoch");
     // Without a resize size, the images are not cached.
     let native = Loader::new(&ds, Split::Val, LoaderConfig::eval(16)).unwrap();
     batches(&native, 0, 0);
@@ -210,6 +222,10 @@ fn corrupt_image_stops_the_epoch_with_its_name() {
     };
     assert!(err.contains(&victim) && err.contains("cannot decode image"), "{err}");
     assert_eq!(results.len(), 2, "the epoch stops at the error");
+    // Warming up front names the same image.
+    let cfg = LoaderConfig { transform: Transform { size: Some((70, 57)), ..Default::default() }, ..LoaderConfig::eval(8) };
+    let err = Loader::new(&ds, Split::Test, cfg).unwrap().warm(&|| ()).unwrap_err().to_string();
+    assert!(err.contains(&victim) && err.contains("cannot decode image"), "{err}");
 }
 
 #[test]

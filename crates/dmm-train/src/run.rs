@@ -2,7 +2,7 @@
 //! point: model, metadata, training state and optimizer buffers in one atomic file),
 //! `model.safetensors` (the best model by evaluation mean accuracy, with its thresholds — the one to
 //! predict with), `metrics.jsonl` (one record per evaluation) and `profile.json` (where the wall
-//! time of the call that finished the run went: loader, forward, backward, update, evaluation,
+//! time of the call that finished the run went: decode, loader, forward, backward, update, evaluation,
 //! checkpoints; not part of the result, so resumed runs differ only there).
 
 use std::io::Write;

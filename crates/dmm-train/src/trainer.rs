@@ -119,7 +119,12 @@ pub enum Outcome {
 /// asynchronously: a phase is charged up to the next point that waits for results.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
-    /// Waiting for the loader's next training batch (decoding runs ahead on its own thread).
+    /// Decoding and resizing the training and evaluation images into the loaders' caches before
+    /// the first iteration ([`Loader::warm`]; nothing where a split does not fit the cache).
+    #[serde(default)]
+    pub decode: f64,
+    /// Waiting for the loader's next training batch (decoding runs ahead on its own thread when
+    /// the images are not cached).
     pub loader: f64,
     /// Forward pass and joint loss (Eq. 3), up to reading the loss value.
     pub forward: f64,
@@ -149,6 +154,7 @@ impl Profile {
     pub fn summary(&self) -> String {
         let share = |s: f64| 100.0 * s / self.total.max(1e-9);
         let phases = [
+            ("decode", self.decode),
             ("loader", self.loader),
             ("forward", self.forward),
             ("backward", self.backward),
@@ -289,6 +295,9 @@ pub fn train(config: &TrainConfig, run: &RunDir, options: &TrainOptions) -> Resu
         }
     };
 
+    let t = Instant::now();
+    warm(&[&train_loader, &eval_loader], options.quiet)?;
+    charge(&mut profile.decode, t);
     let bar = progress(total, state.iteration, options.quiet);
     if let Some(train_loss) = reopened {
         // The final evaluation of the shorter run becomes the periodic one that a longer run makes
@@ -383,6 +392,26 @@ fn copy_vars(from: &candle_nn::VarMap, to: &candle_nn::VarMap) -> Result<()> {
         }
         var.set(t.as_tensor())?;
     }
+    Ok(())
+}
+
+/// Fills the caches of `loaders` before training, with a bar of its own: decoded beside the
+/// training instead, the images take the cores the first epoch computes on.
+fn warm(loaders: &[&Loader], quiet: bool) -> Result<()> {
+    let left: usize = loaders.iter().filter(|l| l.caches()).map(|l| l.n_samples() - l.cached()).sum();
+    if left == 0 {
+        return Ok(());
+    }
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(left as u64)
+            .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} images decoded  {elapsed_precise} eta {eta}").expect("valid template"))
+    };
+    for loader in loaders {
+        loader.warm(&|| bar.inc(1))?;
+    }
+    bar.finish_and_clear();
     Ok(())
 }
 

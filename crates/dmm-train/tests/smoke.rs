@@ -36,8 +36,9 @@ fn smoke_writes_records_and_a_loadable_model() {
     let Outcome::Finished { profile, .. } = outcome else { panic!("not finished: {outcome:?}") };
     // Where the time went: 6 iterations of 8 images, every phase charged, none beyond the whole.
     assert_eq!((profile.iterations, profile.images), (6, 48));
-    let phases = [profile.loader, profile.forward, profile.backward, profile.update, profile.evaluation, profile.checkpoint];
+    let phases = [profile.decode, profile.loader, profile.forward, profile.backward, profile.update, profile.evaluation, profile.checkpoint];
     assert!(phases.iter().all(|&s| s >= 0.0) && profile.forward > 0.0 && profile.backward > 0.0 && profile.evaluation > 0.0);
+    assert!(profile.decode > 0.0, "smoke resizes, so its images are decoded into the caches up front");
     assert!(phases.iter().sum::<f64>() <= profile.total, "{profile:?}");
     let stored: dmm_train::Profile = serde_json::from_str(&std::fs::read_to_string(run.profile()).unwrap()).unwrap();
     assert_eq!(stored, profile);
