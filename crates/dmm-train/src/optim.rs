@@ -287,7 +287,9 @@ impl CustomOp1 for SumSquares {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         fn sum<T: WithDType>(x: &[T]) -> f64 {
-            x.par_chunks(CHUNK).map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>()).sum()
+            // The chunks' sums added in order: the same total on every run.
+            let chunks: Vec<f64> = x.par_chunks(CHUNK).map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>()).collect();
+            chunks.iter().sum()
         }
         let n = l.shape().elem_count();
         let total = match s {
