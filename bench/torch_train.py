@@ -9,8 +9,8 @@ points in [0, 1] image coordinates, summed per image, averaged over the images t
 SGD with momentum 0.9 and weight decay 5e-4, random horizontal
 flips (which mirror the points with the iBUG map), an evaluation over the whole validation set at iteration 0 and every P iterations that
 updates the thresholds tau (Eq. 6, DMM-CNN), the loss weights lambda (Eq. 4 rescaled to sum to 40,
-DMM-CNN) and the plateau schedule (lr x 0.1 after `patience` evaluations without a relative
-improvement of 1e-4), a final evaluation, and the model with the best validation mean accuracy
+DMM-CNN) and the plateau schedule (lr x 0.1 after more than `patience` evaluations in a row
+without a relative improvement of 1e-4 in the validation error, 1 - mean accuracy), a final evaluation, and the model with the best validation mean accuracy
 evaluated on the test split with its thresholds. Images are decoded once, resized bilinearly
 (pixel centres, no antialiasing, as dmm's pipeline) and normalized with ImageNet's mean and std.
 
@@ -292,7 +292,7 @@ def main():
         print(f"landmarks for {int(mtr.sum())} of {len(mtr)} train images", flush=True)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     lam, tau, prev = torch.ones(40), torch.zeros(40), None
-    lr, best_loss, bad = a.lr, None, 0
+    lr, best_error, bad = a.lr, None, 0
     best = None
     (xtr, ytr), (xva, yva) = data["train"], data["val"]
     per_epoch = len(xtr) // a.batch
@@ -303,7 +303,7 @@ def main():
     prof = dict(loader=0.0, forward=0.0, backward=0.0, update=0.0, evaluation=0.0, other=0.0)
 
     def eval_step(epoch, last):
-        nonlocal lam, tau, prev, lr, best_loss, bad, best
+        nonlocal lam, tau, prev, lr, best_error, bad, best
         t0 = time.time()
         tau_used = tau.clone()
         ev = evaluate(model, xva, yva, tau_used, 64, val_points)
@@ -315,15 +315,15 @@ def main():
                     l = ((losses - prev) / prev).abs()
                     lam = (l * 40 / l.sum()).float() if l.sum() > 0 else l.float()
                 prev = losses
-            mean_loss = losses.mean().item()
-            if best_loss is not None and mean_loss >= best_loss * (1 - 1e-4):
+            error = 1.0 - ev["acc"]  # the schedule watches the validation error, as dmm's
+            if best_error is not None and error >= best_error * (1 - 1e-4):
                 bad += 1
                 if bad > a.patience:
                     lr, bad = lr * 0.1, 0
                     for g in opt.param_groups:
                         g["lr"] = lr
             else:
-                best_loss, bad = mean_loss, 0
+                best_error, bad = error, 0
         rec = {"iteration": it, "epoch": epoch, "loss": losses.mean().item(), "acc": ev["acc"], "bal": ev["bal"], "nme": ev["nme"], "lr": lr, "seconds": time.time() - started}
         records.append(rec)
         print(json.dumps(rec), flush=True)

@@ -1,7 +1,8 @@
 //! Learning-rate plateau schedule (paper §4.1: "we multiply the learning rate by 0.1 when the
 //! validation loss stops decreasing"): after `patience` evaluations in a row without a relative
-//! improvement of at least `threshold` over the best loss, multiply the rate by `factor`
-//! (PyTorch's `ReduceLROnPlateau` in `rel` mode, without cooldown).
+//! improvement of at least `threshold` over the best value, multiply the rate by `factor`
+//! (PyTorch's `ReduceLROnPlateau` in `rel` mode, without cooldown). The trainer feeds it the
+//! validation error rather than the loss (`dmm-train`'s `evaluation_step` says why).
 
 /// The schedule and its state.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -14,7 +15,7 @@ pub struct Plateau {
     pub patience: usize,
     /// Relative improvement that counts as one.
     pub threshold: f64,
-    /// Best loss so far (`None` before the first evaluation).
+    /// Best value so far (`None` before the first evaluation).
     pub best: Option<f64>,
     /// Evaluations since the last improvement.
     pub bad_evals: usize,
@@ -28,7 +29,8 @@ impl Plateau {
         Self { lr, factor: 0.1, patience, threshold: 1e-4, best: None, bad_evals: 0, min_lr: 0.0 }
     }
 
-    /// Feeds one validation loss; returns the (possibly reduced) learning rate.
+    /// Feeds one validation measure, lower is better (the trainer feeds the error, 1 − mean
+    /// accuracy); returns the (possibly reduced) learning rate.
     pub fn step(&mut self, loss: f64) -> f64 {
         match self.best {
             Some(best) if loss >= best * (1.0 - self.threshold) => {
