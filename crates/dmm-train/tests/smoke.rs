@@ -53,6 +53,11 @@ fn smoke_writes_records_and_a_loadable_model() {
     // Eq. 6 at epoch 1 over V = 16: each τ step is a multiple of 0.01/16.
     let step = 0.01 / 16.0;
     assert!(recs[0].tau.iter().all(|t| ((t / step).round() * step - t).abs() < 1e-12));
+    // The plateau rule is fed the periodic evaluations' error, 1 − mean accuracy, not their loss.
+    let state = dmm_model::checkpoint::read_metadata_entry(&run.last(), "dmm_train").unwrap().unwrap();
+    let best = serde_json::from_str::<serde_json::Value>(&state).unwrap()["plateau"]["best"].as_f64().unwrap();
+    let least_error = recs.iter().filter(|r| !r.last).map(|r| 1.0 - r.mean_accuracy).fold(f64::INFINITY, f64::min);
+    assert!((best - least_error).abs() < 1e-12, "plateau best {best}, least validation error {least_error}");
     let ckpt = dmm_model::checkpoint::load(&run.best(), &Device::Cpu).unwrap();
     assert_eq!(ckpt.meta.model.width, 2);
     // A second start into the same directory without --resume is refused.
