@@ -10,8 +10,9 @@ SGD with momentum 0.9 and weight decay 5e-4, random horizontal
 flips (which mirror the points with the iBUG map), an evaluation over the whole validation set at iteration 0 and every P iterations that
 updates the thresholds tau (Eq. 6, DMM-CNN), the loss weights lambda (Eq. 4 rescaled to sum to 40,
 DMM-CNN) and the plateau schedule (lr x 0.1 after more than `patience` evaluations in a row
-without a relative improvement of 1e-4 in the validation error, 1 - mean accuracy), a final evaluation, and the model with the best validation mean accuracy
-evaluated on the test split with its thresholds. Images are decoded once, resized bilinearly
+without a relative improvement of 1e-4 in the validation error, 1 - mean accuracy), a final
+evaluation, and the model with the best validation mean accuracy evaluated on the test split with
+its thresholds. Images are decoded once, resized bilinearly
 (pixel centres, no antialiasing, as dmm's pipeline) and normalized with ImageNet's mean and std.
 
     python3 bench/torch_train.py --root ../shared/data/celeba --variant dmm-cnn --width 32 \

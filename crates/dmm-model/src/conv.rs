@@ -1027,7 +1027,7 @@ mod tests {
 
     /// The sum over image groups rounds the same way on every call: thread t adds the t-th run of
     /// groups in order and the partials are added in thread order, here on two threads with
-    /// values whose sum depends on the order (f32, magnitudes 1e-3 to 1e5).
+    /// values whose sum depends on the order (f32, magnitudes 1e-3 to 1e8, both signs).
     #[test]
     fn sum_over_groups_is_the_same_on_every_call() {
         let n: usize = 37;
