@@ -31,9 +31,9 @@ impl Plateau {
 
     /// Feeds one validation measure, lower is better (the trainer feeds the error, 1 − mean
     /// accuracy); returns the (possibly reduced) learning rate.
-    pub fn step(&mut self, loss: f64) -> f64 {
+    pub fn step(&mut self, value: f64) -> f64 {
         match self.best {
-            Some(best) if loss >= best * (1.0 - self.threshold) => {
+            Some(best) if value >= best * (1.0 - self.threshold) => {
                 self.bad_evals += 1;
                 if self.bad_evals > self.patience {
                     self.lr = (self.lr * self.factor).max(self.min_lr);
@@ -41,7 +41,7 @@ impl Plateau {
                 }
             }
             _ => {
-                self.best = Some(loss);
+                self.best = Some(value);
                 self.bad_evals = 0;
             }
         }

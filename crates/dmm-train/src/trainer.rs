@@ -507,7 +507,8 @@ fn aw_batch(config: &TrainConfig, model: &DmmModel, eval: &Loader, state: &mut T
 fn evaluation_step(config: &TrainConfig, model: &DmmModel, eval_loader: &Loader, state: &mut TrainState, epoch: u64, last: bool, device: &Device) -> Result<Record> {
     let tau_used = state.thresholds.tau.clone();
     let ev: Evaluation = evaluate(model, eval_loader, &tau_used, device)?;
-    let losses = ev.attribute_losses();
+    let (losses, accuracies) = (ev.attribute_losses(), ev.accuracies());
+    let mean_accuracy = mean_of(&accuracies);
     if !last {
         if config.variant.uses_adaptive_thresholds() {
             state.thresholds.update(&ev.fp, &ev.fn_, ev.n, epoch);
@@ -517,10 +518,9 @@ fn evaluation_step(config: &TrainConfig, model: &DmmModel, eval_loader: &Loader,
         // between evaluations with the weights held, as the batch norms' running averages follow
         // the last dozen batches, and that cut the lr by chance (docs/training.md, "The plateau
         // rule"); the accuracy moves by 0.0003 there.
-        state.plateau.step(1.0 - mean_of(&ev.accuracies()));
+        state.plateau.step(1.0 - mean_accuracy);
     }
     state.evaluations += 1;
-    let accuracies = ev.accuracies();
     let balanced = ev.balanced_accuracies();
     let train_loss = (state.train_batches > 0).then(|| state.train_loss_sum / state.train_batches as f64);
     let mut heads = ev.head_health(&model.attribute_heads());
@@ -542,7 +542,7 @@ fn evaluation_step(config: &TrainConfig, model: &DmmModel, eval_loader: &Loader,
         attribute_losses: losses,
         landmark_loss: ev.landmark_loss(),
         nme: ev.nme(),
-        mean_accuracy: mean_of(&accuracies),
+        mean_accuracy,
         mean_balanced_accuracy: mean_of(&balanced),
         accuracies,
         balanced_accuracies: balanced,
