@@ -23,6 +23,10 @@ fn gpu_check_on_the_cpu_passes_every_check() {
         assert!(names.contains(&format!("{op}: device = CPU").as_str()), "{op}: {names:?}");
         assert!(names.contains(&format!("{op}: gradient = finite difference").as_str()), "{op}");
     }
+    // The step is measured against the f64 one; the CPU against itself is exactly as far from it.
+    let step = checks.iter().find(|c| c["check"].as_str().unwrap().starts_with("DMM-CNN one SGD step")).unwrap();
+    let ratio = step["error"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio <= 1.0, "{step}");
     // The fixtures were found (run from the repository root) and met.
     let torch: Vec<_> = checks.iter().filter(|c| c["check"].as_str().unwrap().ends_with("= PyTorch")).collect();
     assert_eq!(torch.len(), 3, "{names:?}");

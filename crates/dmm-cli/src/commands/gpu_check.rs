@@ -4,7 +4,8 @@
 //! max-pool and SPP) runs on the CPU and on `--device` from the same f64 inputs; outputs and every
 //! gradient must agree. Each op's gradients on the device are also checked against central finite
 //! differences along a random direction. Then a width-8 DMM-CNN (f32) runs an eval forward and one
-//! training step on both, and the trunk and full model run against the PyTorch fixtures.
+//! training step on both, the step also in f64 on the CPU as the reference for both, and the trunk
+//! and full model run against the PyTorch fixtures.
 //!
 //! With `--device cpu` the CPU is compared with itself (differences are zero), which still runs
 //! the finite-difference and fixture checks: that is how the harness itself is tested without a
@@ -171,53 +172,90 @@ fn op_checks(dev: &Device, checks: &mut Vec<Check>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A seeded width-8 DMM-CNN on `dev`.
-fn model_on(dev: &Device) -> anyhow::Result<(DmmModel, VarMap)> {
+/// A seeded width-8 DMM-CNN on `dev` in `dtype`: the same values on every device and in every
+/// dtype, since they are drawn in f32 on the CPU and converted.
+fn model_on(dev: &Device, dtype: DType) -> anyhow::Result<(DmmModel, VarMap)> {
     let cfg = ModelConfig { variant: Variant::DmmCnn, width: 8, n_points: 68, ..ModelConfig::paper() };
-    let (model, varmap) = DmmModel::fresh(&cfg, dev)?;
-    dmm_model::init::seeded(&varmap, 7)?;
+    let (_, seeded) = DmmModel::fresh(&cfg, &Device::Cpu)?;
+    dmm_model::init::seeded(&seeded, 7)?;
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("varmap lock");
+        for (name, var) in seeded.data().lock().expect("varmap lock").iter() {
+            data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(dtype)?.to_device(dev)?)?);
+        }
+    }
+    // Every variable exists, so the builder hands these to the layers.
+    let model = DmmModel::new(&cfg, VarBuilder::from_varmap(&varmap, dtype, dev))?;
     Ok((model, varmap))
 }
 
+/// What one network computes from the check's batch: eval attributes and landmarks, the
+/// training loss, and what one SGD step changed in each variable (sorted by name).
+struct StepResult {
+    attributes: Tensor,
+    landmarks: Tensor,
+    loss: Tensor,
+    steps: Vec<(String, Tensor)>,
+}
+
+fn step_result(dev: &Device, dtype: DType, x: &Tensor, t_attr: &Tensor, t_lm: &Tensor) -> anyhow::Result<StepResult> {
+    let (model, varmap) = model_on(dev, dtype)?;
+    let on = |t: &Tensor| t.to_dtype(dtype)?.to_device(dev);
+    let eval = model.forward_t(&on(x)?, false)?;
+    let out = model.forward_t(&on(x)?, true)?;
+    let lm = out.landmarks.context("DMM-CNN has a landmark head")?;
+    let loss = ((out.attributes - on(t_attr)?)?.sqr()?.mean_all()? + (lm - on(t_lm)?)?.sqr()?.mean_all()?)?;
+    let grads = loss.backward()?;
+    // Copies, not views: the step writes the variables in place.
+    let snapshot = || -> candle_core::Result<Vec<(String, Tensor)>> {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut v = data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<candle_core::Result<Vec<_>>>()?;
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
+    };
+    let before = snapshot()?;
+    Sgd::new(&varmap, SgdConfig::paper()).step(&grads, 0.01, None)?;
+    // What the step changed, which the gradients decide.
+    let steps = snapshot()?.into_iter().zip(before).map(|((name, after), (_, before))| Ok((name, (after - before)?))).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(StepResult { attributes: eval.attributes, landmarks: eval.landmarks.context("DMM-CNN has a landmark head")?, loss, steps })
+}
+
 /// Eval forward and one training step (forward, MSE, backward, SGD with momentum) of the same
-/// network on the CPU and the device, f32: `‖device − CPU‖ / ‖CPU‖`.
+/// network on the CPU and the device in f32, and on the CPU in f64.
+///
+/// The forward and the loss are compared as `‖device − CPU‖ / ‖CPU‖`. The step is compared per
+/// variable with the f64 one, against the CPU f32 path's own distance from it: some updates are
+/// rounding noise in f32 whatever the device. The last trunk block's batch-norm biases shift
+/// every position of a channel, which the heads' batch norm over the pooled features cancels,
+/// so their true gradient is nearly zero and its f32 value is a sum of cancelling terms.
 fn model_checks(dev: &Device, checks: &mut Vec<Check>) -> anyhow::Result<()> {
     let x = Tensor::randn(0f32, 1., (4, 3, 96, 80), &Device::Cpu)?;
     let t_attr = Tensor::randn(0f32, 1., (4, 40), &Device::Cpu)?.sign()?;
     let t_lm = Tensor::rand(0f32, 1., (4, 136), &Device::Cpu)?;
-    let mut results = Vec::new();
-    for d in [&Device::Cpu, dev] {
-        let (model, varmap) = model_on(d)?;
-        let eval = model.forward_t(&x.to_device(d)?, false)?;
-        let out = model.forward_t(&x.to_device(d)?, true)?;
-        let lm = out.landmarks.context("DMM-CNN has a landmark head")?;
-        let loss = ((out.attributes - t_attr.to_device(d)?)?.sqr()?.mean_all()? + (lm - t_lm.to_device(d)?)?.sqr()?.mean_all()?)?;
-        let grads = loss.backward()?;
-        // Copies, not views: the step writes the variables in place.
-        let snapshot = || -> candle_core::Result<Vec<(String, Tensor)>> {
-            let data = varmap.data().lock().expect("varmap lock");
-            let mut v = data.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?))).collect::<candle_core::Result<Vec<_>>>()?;
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(v)
-        };
-        let before = snapshot()?;
-        Sgd::new(&varmap, SgdConfig::paper()).step(&grads, 0.01, None)?;
-        // What the step changed, which the gradients decide.
-        let steps = snapshot()?.into_iter().zip(before).map(|((name, after), (_, before))| Ok((name, (after - before)?))).collect::<candle_core::Result<Vec<_>>>()?;
-        results.push((eval.attributes, eval.landmarks.context("DMM-CNN has a landmark head")?, loss, steps));
-    }
-    let (cpu, on_dev) = (&results[0], &results[1]);
+    let cpu = step_result(&Device::Cpu, DType::F32, &x, &t_attr, &t_lm)?;
+    let on_dev = step_result(dev, DType::F32, &x, &t_attr, &t_lm)?;
+    let exact = step_result(&Device::Cpu, DType::F64, &x, &t_attr, &t_lm)?;
     let f32_note = |what: &str| format!("f32, width 8, 4×3×96×80, {what}, ‖Δ‖/‖CPU‖");
-    checks.push(Check { name: "DMM-CNN eval forward: device = CPU".into(), error: Some(norm_rel(&on_dev.0, &cpu.0)?.max(norm_rel(&on_dev.1, &cpu.1)?)), tolerance: 1e-4, note: f32_note("attributes and landmarks") });
-    checks.push(Check { name: "DMM-CNN training loss: device = CPU".into(), error: Some(norm_rel(&on_dev.2, &cpu.2)?), tolerance: 1e-4, note: f32_note("MSE after a train-mode forward") });
-    let (mut worst, mut worst_name) = (0f64, String::new());
-    for ((name, a), (_, b)) in on_dev.3.iter().zip(&cpu.3) {
-        let e = norm_rel(a, b)?;
-        if e > worst {
-            (worst, worst_name) = (e, name.clone());
+    let forward = norm_rel(&on_dev.attributes, &cpu.attributes)?.max(norm_rel(&on_dev.landmarks, &cpu.landmarks)?);
+    checks.push(Check { name: "DMM-CNN eval forward: device = CPU".into(), error: Some(forward), tolerance: 1e-4, note: f32_note("attributes and landmarks") });
+    checks.push(Check { name: "DMM-CNN training loss: device = CPU".into(), error: Some(norm_rel(&on_dev.loss, &cpu.loss)?), tolerance: 1e-4, note: f32_note("MSE after a train-mode forward") });
+    // Each variable's error against f64, over the larger of 1e-4 and the CPU f32 path's error.
+    let (mut worst, mut worst_note) = (0f64, String::new());
+    for (((name, d), (_, c)), (_, e)) in on_dev.steps.iter().zip(&cpu.steps).zip(&exact.steps) {
+        let (dev_err, cpu_err) = (norm_rel(d, e)?, norm_rel(c, e)?);
+        let ratio = dev_err / cpu_err.max(1e-4);
+        if ratio > worst {
+            worst = ratio;
+            worst_note = format!("worst {name}: device {dev_err:.1e}, CPU {cpu_err:.1e}");
         }
     }
-    checks.push(Check { name: "DMM-CNN one SGD step: device = CPU".into(), error: Some(worst), tolerance: 1e-3, note: f32_note(&if worst_name.is_empty() { "each variable's update".to_string() } else { format!("each variable's update, worst {worst_name}") }) });
+    checks.push(Check {
+        name: "DMM-CNN one SGD step: device ≈ CPU, against f64".into(),
+        error: Some(worst),
+        tolerance: 10.0,
+        note: format!("f32, width 8, 4×3×96×80, each variable's update against f64: the device's error over max(1e-4, the CPU f32 error); {worst_note}"),
+    });
     Ok(())
 }
 
