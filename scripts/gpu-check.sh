@@ -78,7 +78,8 @@ echo
 status=0
 echo "## Correctness"
 errors=$(mktemp)
-trap 'rm -f "$errors"' EXIT
+torch_errors=$(mktemp)
+trap 'rm -f "$errors" "$torch_errors"' EXIT
 timeout 300 "$bin" gpu-check --device "$device" --fixtures "$repo/crates/dmm-model/tests/fixtures" 2>"$errors"
 code=$?
 cat "$errors" >&2
@@ -119,12 +120,13 @@ for mode in train-step forward; do
     d_r=$(field images_per_s "$out")
     t_s=- t_r=- ratio=-
     if [[ $have_torch == 1 ]]; then
-        if tout=$(timeout 240 python3 "$repo/bench/torch_bench.py" "$mode" --width $width --size $size --batch $batch --iters $iters --device "$device" --json 2>/dev/null); then
+        if tout=$(timeout 240 python3 "$repo/bench/torch_bench.py" "$mode" --width $width --size $size --batch $batch --iters $iters --device "$device" --json 2>"$torch_errors"); then
             t_s=$(awk -v v="$(field median_s "$tout")" 'BEGIN { printf "%.4f", v }')
             t_r=$(awk -v v="$(field images_per_s "$tout")" 'BEGIN { printf "%.1f", v }')
             ratio=$(awk -v a="$t_s" -v b="$d_s" 'BEGIN { printf "%.2f×", a / b }')
         else
             t_s="failed"
+            echo "gpu-check.sh: bench/torch_bench.py $mode failed: $(tail -n 1 "$torch_errors")" >&2
         fi
     fi
     printf '| %s | %.4f | %.1f | %s | %s | %s |\n' "$mode" "$d_s" "$d_r" "$t_s" "$t_r" "$ratio"
