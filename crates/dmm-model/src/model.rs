@@ -170,16 +170,23 @@ impl DmmModel {
     /// [`Self::fresh`] with the initial values drawn on the CPU and copied to `device`, so a GPU
     /// run needs no device random-number library (cuRAND; PyTorch's CUDA 13 wheels lack it).
     fn fresh_from_cpu(config: &ModelConfig, device: &Device) -> Result<(Self, VarMap)> {
-        let (on_cpu, varmap) = (VarMap::new(), VarMap::new());
+        let on_cpu = VarMap::new();
         Self::new(config, VarBuilder::from_varmap(&on_cpu, DType::F32, &Device::Cpu))?;
+        Self::from_copy(config, &on_cpu, DType::F32, device)
+    }
+
+    /// The network over a copy of `src`'s variables converted to `dtype` on `device`, and the
+    /// [`VarMap`] holding the copies; `src` must hold every variable of `config`'s network.
+    pub fn from_copy(config: &ModelConfig, src: &VarMap, dtype: DType, device: &Device) -> Result<(Self, VarMap)> {
+        let varmap = VarMap::new();
         {
             let mut data = varmap.data().lock().expect("varmap lock");
-            for (name, var) in on_cpu.data().lock().expect("varmap lock").iter() {
-                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_device(device)?)?);
+            for (name, var) in src.data().lock().expect("varmap lock").iter() {
+                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(dtype)?.to_device(device)?)?);
             }
         }
         // Every variable exists, so the builder hands the copies to the layers.
-        let model = Self::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        let model = Self::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
         Ok((model, varmap))
     }
 

@@ -178,16 +178,7 @@ fn model_on(dev: &Device, dtype: DType) -> anyhow::Result<(DmmModel, VarMap)> {
     let cfg = ModelConfig { variant: Variant::DmmCnn, width: 8, n_points: 68, ..ModelConfig::paper() };
     let (_, seeded) = DmmModel::fresh(&cfg, &Device::Cpu)?;
     dmm_model::init::seeded(&seeded, 7)?;
-    let varmap = VarMap::new();
-    {
-        let mut data = varmap.data().lock().expect("varmap lock");
-        for (name, var) in seeded.data().lock().expect("varmap lock").iter() {
-            data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(dtype)?.to_device(dev)?)?);
-        }
-    }
-    // Every variable exists, so the builder hands these to the layers.
-    let model = DmmModel::new(&cfg, VarBuilder::from_varmap(&varmap, dtype, dev))?;
-    Ok((model, varmap))
+    Ok(DmmModel::from_copy(&cfg, &seeded, dtype, dev)?)
 }
 
 /// What one network computes from the check's batch: eval attributes and landmarks, the
