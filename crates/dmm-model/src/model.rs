@@ -176,13 +176,14 @@ impl DmmModel {
     }
 
     /// The network over a copy of `src`'s variables converted to `dtype` on `device`, and the
-    /// [`VarMap`] holding the copies; `src` must hold every variable of `config`'s network.
+    /// [`VarMap`] holding the copies (never sharing storage with `src`, even where the dtype and
+    /// device are the same); `src` must hold every variable of `config`'s network.
     pub fn from_copy(config: &ModelConfig, src: &VarMap, dtype: DType, device: &Device) -> Result<(Self, VarMap)> {
         let varmap = VarMap::new();
         {
             let mut data = varmap.data().lock().expect("varmap lock");
             for (name, var) in src.data().lock().expect("varmap lock").iter() {
-                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(dtype)?.to_device(device)?)?);
+                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(dtype)?.to_device(device)?.copy()?)?);
             }
         }
         // Every variable exists, so the builder hands the copies to the layers.
@@ -312,6 +313,21 @@ mod tests {
         let (a, b) = (direct.forward_t(&xs, true)?, copied.forward_t(&xs, true)?);
         assert_eq!(a.attributes.to_vec2::<f32>()?, b.attributes.to_vec2::<f32>()?);
         assert_eq!(a.landmarks.unwrap().to_vec2::<f32>()?, b.landmarks.unwrap().to_vec2::<f32>()?);
+        Ok(())
+    }
+
+    /// A copy on the same device in the same dtype is still a copy: changing the source's
+    /// variables afterwards leaves it alone.
+    #[test]
+    fn a_copy_on_the_same_device_shares_no_storage() -> Result<()> {
+        let (_, src) = DmmModel::fresh(&config(Variant::DmmCnn), &Device::Cpu)?;
+        let (_, copy) = DmmModel::from_copy(&config(Variant::DmmCnn), &src, DType::F32, &Device::Cpu)?;
+        let name = "objective.fc1.weight";
+        let var = |vm: &VarMap| vm.data().lock().unwrap()[name].clone();
+        let before = var(&copy).as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        var(&src).set(&var(&src).as_tensor().ones_like()?)?;
+        assert_eq!(var(&copy).as_tensor().flatten_all()?.to_vec1::<f32>()?, before);
+        assert!(before.iter().any(|&v| v != 1.0));
         Ok(())
     }
 
