@@ -183,7 +183,9 @@ impl DmmModel {
         {
             let mut data = varmap.data().lock().expect("varmap lock");
             for (name, var) in src.data().lock().expect("varmap lock").iter() {
-                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().to_dtype(dtype)?.to_device(device)?.copy()?)?);
+                // Detached, the tensor is no longer a variable, so `Var::from_tensor` copies it
+                // (it would keep a variable as it is where the dtype and device already match).
+                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().detach().to_dtype(dtype)?.to_device(device)?)?);
             }
         }
         // Every variable exists, so the builder hands the copies to the layers.
