@@ -13,7 +13,9 @@ DMM-CNN) and the plateau schedule (lr x 0.1 after more than `patience` evaluatio
 without a relative improvement of 1e-4 in the validation error, 1 - mean accuracy), a final
 evaluation, and the model with the best validation mean accuracy evaluated on the test split with
 its thresholds. Images are decoded once, resized bilinearly
-(pixel centres, no antialiasing, as dmm's pipeline) and normalized with ImageNet's mean and std.
+over pixel centres with antialiasing when shrinking (the filter widened by the scale factor, as
+dmm's pipeline; crates/dmm-data/tests/resize.rs holds the two to the same pixels) and normalized
+with ImageNet's mean and std.
 
     python3 bench/torch_train.py --root ../shared/data/celeba --variant dmm-cnn --width 32 \
         --size 109x89 --batch 32 --epochs 10 --lr 0.00025 --eval-every 281 --json out.json
@@ -99,7 +101,7 @@ def load(root, images, names, size):
         img = np.asarray(Image.open(os.path.join(root, images, n)).convert("RGB"))
         t = torch.from_numpy(img.copy()).permute(2, 0, 1).float().unsqueeze(0)
         if tuple(t.shape[2:]) != tuple(size):
-            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
+            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
         xs[i] = t.round().clamp(0, 255).to(torch.uint8)[0]
     return xs
 

@@ -18,8 +18,10 @@ use crate::{Error, Result};
 /// What to do to a decoded image.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Transform {
-    /// Resize to `(height, width)` with bilinear filtering; `None` keeps the stored size (SPP takes
-    /// any size, so CelebA's 218×178 crops are fed natively).
+    /// Resize to `(height, width)` with bilinear filtering over pixel centres, antialiased when
+    /// shrinking (the filter widened by the scale factor, as PyTorch's `antialias=True` and
+    /// Pillow's BILINEAR; `tests/resize.rs`); `None` keeps the stored size (SPP takes any size, so
+    /// CelebA's 218×178 crops are fed natively).
     pub size: Option<(usize, usize)>,
     /// Pixel normalization.
     pub normalization: Normalization,
