@@ -66,10 +66,8 @@ def main():
         loss.backward()
         grads = {}
         for k, t in m.named_parameters():
-            if t.grad is None:  # the landmark head: no landmarks, no part in the loss
-                continue
-            k = k[len("trunk."):] if k.startswith("trunk.") else k
-            grads["attributes." + k if k.startswith("fc.") else k] = t.grad.double()
+            if t.grad is not None:  # None: the landmark head (no landmarks, no part in the loss)
+                grads[tt.dmm_name(k)] = t.grad.double()
         return loss.item(), grads
 
     (l64, g64), (l32, g32) = torch_grads(torch.float64), torch_grads(torch.float32)

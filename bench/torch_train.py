@@ -139,16 +139,16 @@ FLIP = [16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 26, 25, 24, 23
         54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
 
 
+def dmm_name(k):
+    """dmm's checkpoint name of a tensor of these models: the trunk's without `trunk.`, the
+    Baseline's classifier as `attributes.fc`."""
+    k = k[len("trunk."):] if k.startswith("trunk.") else k
+    return "attributes." + k if k.startswith("fc.") else k
+
+
 def dmm_keys(model):
-    """The model's tensors under dmm's checkpoint names: the trunk's without `trunk.`, the
-    Baseline's classifier as `attributes.fc`, no `num_batches_tracked`."""
-    out = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        k = k[len("trunk."):] if k.startswith("trunk.") else k
-        out["attributes." + k if k.startswith("fc.") else k] = v
-    return out
+    """The model's tensors under dmm's checkpoint names (dmm_name), no `num_batches_tracked`."""
+    return {dmm_name(k): v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 def load_dmm(model, path, trunk_only):
